@@ -63,6 +63,7 @@ class TrainConfig:
     tl_kind: str = "kl"                 # 'kl' (paper Eq. 3) or 'mse' (released code, on logits)
     gap: int = 3                        # largest frame gap of a triplet (released config: 3)
     random_gap: bool = True             # RS: draw gaps in 1..gap; False: always `gap`
+    neighbours: int = 1                 # TL pairs per triplet and step: 1 (a random side; 2 forwards) or 2 (both; 3 forwards)
     flow: str = "gt"                    # flow source for TL: 'gt' or an OpenCV DIS preset ('dis', 'dis_fast')
     seed: int = 0
     ckpt_every: int = 100
@@ -142,21 +143,31 @@ def _collate(items: list[dict]) -> dict:
 def training_loss(model, batch: dict, cfg: TrainConfig, terms) -> dict:
     """Forward one batch and return the loss terms (`loss` is their weighted sum).
 
-    Baseline: CE + aux on `batch['image']`. With 'tl': the three frames of each triplet go through
-    the network in one batch; CE on the labelled frame, λ·TL between it and each neighbour."""
+    Baseline: CE + aux on `batch['image']`. With 'tl': the labelled frame of each triplet and its
+    neighbour(s) go through the network in one batch; CE on the labelled frame, λ·TL between it and
+    each neighbour. With `cfg.neighbours == 1` one side of each triplet is drawn at random (torch RNG,
+    so resume stays exact): the same expected loss as using both, for two forwards instead of three."""
     if "tl" not in terms:
         out = model(batch["image"])
         ce = segmentation_loss(out, batch["label"], cfg.aux_weight)
         return {"loss": ce, "ce": ce.detach()}
     frames, flows = batch["frames"], batch["flows"]            # (B,3,3,H,W), (B,2,2,H,W)
-    B = frames.shape[0]
-    out = model(frames.flatten(0, 1))
-    split = lambda z: z.unflatten(0, (B, 3))
+    B, ar = frames.shape[0], torch.arange(frames.shape[0])
+    if cfg.neighbours == 2:
+        sides = torch.tensor([[0, 2]]).expand(B, 2)            # frame index of each neighbour
+    elif cfg.neighbours == 1:
+        sides = (torch.randint(0, 2, (B, 1)) * 2)
+    else:
+        raise ValueError(f"neighbours: expected 1 or 2, got {cfg.neighbours}")
+    n = sides.shape[1]
+    clip = torch.cat([frames[:, 1:2], frames[ar[:, None], sides]], 1)      # (B, 1+n, 3, H, W)
+    out = model(clip.flatten(0, 1))
+    split = lambda z: z.unflatten(0, (B, 1 + n))
     logits = split(out["logits"])
-    ce = segmentation_loss({k: split(v)[:, 1] for k, v in out.items() if k in ("logits", "aux")},
+    ce = segmentation_loss({k: split(v)[:, 0] for k, v in out.items() if k in ("logits", "aux")},
                            batch["label"], cfg.aux_weight)
-    tl = sum(temporal_loss(logits[:, 1], logits[:, j], flows[:, i], frames[:, 1], frames[:, j], kind=cfg.tl_kind)
-             for i, j in ((0, 0), (1, 2))) / 2
+    tl = sum(temporal_loss(logits[:, 0], logits[:, 1 + j], flows[ar, sides[:, j] // 2], clip[:, 0], clip[:, 1 + j],
+                           kind=cfg.tl_kind) for j in range(n)) / n
     return {"loss": ce + cfg.lam * tl, "ce": ce.detach(), "tl": tl.detach()}
 
 # %% ../nbs/05_train.ipynb #c017
@@ -173,14 +184,14 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step, history = 0, []
+    step, history, elapsed = 0, [], 0.0       # elapsed: training seconds of earlier (resumed) sessions
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["config"] != json.loads(json.dumps(asdict(cfg))):
             raise ValueError(f"{ckpt_path}: was written with another config; use a new out_dir or resume=False")
         model.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
-        step, history = ckpt["step"], ckpt["history"]
+        step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["elapsed"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     ds = _training_set(cfg, terms)
@@ -190,7 +201,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     def save():
         atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                      "config": json.loads(json.dumps(asdict(cfg))), "rng": torch.get_rng_state(),
-                     "history": history, "done": step >= cfg.steps}, ckpt_path)
+                     "history": history, "elapsed": elapsed + time.time() - t0, "done": step >= cfg.steps}, ckpt_path)
         if history:
             tmp = out_dir / ".train_log.csv.tmp"
             pd.DataFrame(history).to_csv(tmp, index=False); os.replace(tmp, out_dir / "train_log.csv")
@@ -212,7 +223,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
         step += 1
         if step % steps_per_epoch == 0 or step == cfg.steps:
             row = {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": poly_lr(cfg.lr, step - 1, cfg.steps),
-                   "seconds": time.time() - t0}
+                   "seconds": elapsed + time.time() - t0}
             row.update({k: float(np.mean([r[k] for r in running])) for k in running[0]})
             history.append(row); running = []
         if step % cfg.ckpt_every == 0 or step == end:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['sample_coords', 'warp', 'photometric_occlusion', 'fb_consistency_mask']
@@ -56,8 +55,17 @@ def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tuple[t
                          " warp label maps with mode='nearest'")
     # Samples up to half a pixel beyond the border centre are still inside the image footprint.
     valid = (xs > -0.5) & (xs < W - 0.5) & (ys > -0.5) & (ys < H - 0.5)
-    grid = torch.stack([2 * xs / max(W - 1, 1) - 1, 2 * ys / max(H - 1, 1) - 1], dim=-1)
-    out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    # Bilinear as four weighted gathers rather than grid_sample: no coordinate normalisation, so an
+    # integer flow reproduces the integer shift bit for bit; border taps are clamped (replicate).
+    x0, y0 = xs.floor(), ys.floor()
+    wx, wy = (xs - x0)[:, None].to(x.dtype), (ys - y0)[:, None].to(x.dtype)
+    x0, y0 = x0.long(), y0.long()
+    flat = x.flatten(2)
+    def tap(yy, xx):
+        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)).flatten(1)
+        return flat.gather(2, idx[:, None].expand(-1, x.shape[1], -1)).view_as(x)
+    out = ((1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1))
+           + wy * ((1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)))
     return out, valid
 
 # %% ../nbs/02_warp.ipynb #c013
