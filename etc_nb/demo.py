@@ -5,7 +5,6 @@
 # %% ../nbs/08_demo.ipynb #c003
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pandas as pd
 
 from .data.synthetic import generate_benchmark
 from .evaluate import evaluate
+from .io import atomic_write
 from .train import TrainConfig, load_checkpoint, train
 from .viz import plot_accuracy_vs_consistency
 
@@ -22,7 +22,7 @@ __all__ = ['DEMO_SETTINGS', 'DEMO_SCHEMES', 'summarize', 'markdown_table', 'run_
 # %% ../nbs/08_demo.ipynb #c005
 # Benchmark and training settings of the two demo sizes (README quotes the full one).
 DEMO_SETTINGS = {
-    "full":  dict(bench=dict(n_train=48, n_val=8, frames=10, size=(96, 192)), steps=300, batch_size=8),
+    "full":  dict(bench=dict(n_train=48, n_val=8, frames=10, size=(64, 128)), steps=200, batch_size=4),
     "quick": dict(bench=dict(n_train=16, n_val=3, frames=6, size=(64, 128)), steps=40, batch_size=4),
 }
 DEMO_SCHEMES = ("baseline", "tl")
@@ -41,10 +41,6 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(df.index, df.values)]
     return "\n".join(lines)
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text); os.replace(tmp, path)
 
 # %% ../nbs/08_demo.ipynb #c006
 def run_demo(out, quick: bool = False, seeds: int = 3, root=None, steps: int | None = None,
@@ -72,9 +68,9 @@ def run_demo(out, quick: bool = False, seeds: int = 3, root=None, steps: int | N
                          "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
                          "train_s": ck["history"][-1]["seconds"], "steps": cfg.steps, "fps_eval": res["fps"]})
     df = pd.DataFrame(rows)
-    _write_atomic_text(out / "results.csv", df.to_csv(index=False))
+    atomic_write(out / "results.csv", df.to_csv(index=False))
     cmd = f"etc-nb demo --out {out}" + (" --quick" if quick else "") + f" --seeds {seeds}"
-    _write_atomic_text(out / "results.md", f"Produced by `{cmd}`.\n\n" + markdown_table(summarize(df)) + "\n")
+    atomic_write(out / "results.md", f"Produced by `{cmd}`.\n\n" + markdown_table(summarize(df)) + "\n")
     ax = plot_accuracy_vs_consistency(df)
     ax.figure.savefig(out / "results.png", dpi=120, bbox_inches="tight")
     return df

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import errno
 import os
-import uuid
 from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from .io import atomic_write, read_image
 
 # %% auto #0
 __all__ = ['FLOW_ESTIMATORS', 'write_flo', 'read_flo', 'frame_id', 'flow_to_tensor', 'flow_to_numpy', 'FlowEstimator', 'DISFlow',
@@ -22,24 +23,6 @@ __all__ = ['FLOW_ESTIMATORS', 'write_flo', 'read_flo', 'frame_id', 'flow_to_tens
 # %% ../nbs/01_flow.ipynb #c006
 _FLO_MAGIC = 202021.25
 _FLO_MAX_DIM = 99999  # the bound of the Middlebury reference reader; larger means a corrupt header
-
-
-def _atomic_write(path: Path, *chunks: bytes) -> None:
-    "Write `chunks` to `path` so that readers see either the previous file or the complete new one."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file sits next to the target because os.replace is atomic only within one file system.
-    # A unique name lets concurrent writers (DataLoader workers computing the same flow) not collide; the
-    # last os.replace wins with a complete file. Opening with "xb" (rather than tempfile) keeps the
-    # usual umask permissions, so a shared cache stays readable by others.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 # %% ../nbs/01_flow.ipynb #c007
 def write_flo(path: str | os.PathLike, flow: np.ndarray) -> Path:
@@ -58,7 +41,7 @@ def write_flo(path: str | os.PathLike, flow: np.ndarray) -> Path:
     if not (1 <= h <= _FLO_MAX_DIM and 1 <= w <= _FLO_MAX_DIM):
         raise ValueError(f"{path}: flow size {w}x{h} outside the .flo range 1..{_FLO_MAX_DIM}")
     header = np.array([_FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
-    _atomic_write(path, header, np.ascontiguousarray(flow, dtype="<f4").tobytes())
+    atomic_write(path, header, np.ascontiguousarray(flow, dtype="<f4").tobytes())
     return path
 
 # %% ../nbs/01_flow.ipynb #c008
@@ -178,16 +161,6 @@ def get_flow_estimator(name: str) -> FlowEstimator:
     return FLOW_ESTIMATORS[name]()
 
 # %% ../nbs/01_flow.ipynb #c036
-def _read_rgb(path: str | os.PathLike) -> np.ndarray:
-    "Read an image file as uint8 RGB `(H,W,3)` (OpenCV decodes BGR; estimators expect RGB)."
-    if not Path(path).is_file():
-        raise FileNotFoundError(errno.ENOENT, "no such image", str(path))
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{path}: OpenCV cannot decode this file as an image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 class FlowCache:
     """Flows `(H,W,2)` float32 stored as `cache_dir/{frame_id(ref)}__{frame_id(tgt)}.flo`.
 
@@ -218,8 +191,8 @@ class FlowCache:
             if self.estimator is None:
                 raise FileNotFoundError(errno.ENOENT, f"no flow from {ref_path} to {tgt_path} in this"
                                         " cache and no estimator to compute it", str(p)) from None
-            ref_img = _read_rgb(ref_path) if ref_img is None else ref_img
-            tgt_img = _read_rgb(tgt_path) if tgt_img is None else tgt_img
+            ref_img = read_image(ref_path) if ref_img is None else ref_img
+            tgt_img = read_image(tgt_path) if tgt_img is None else tgt_img
             flow = self.estimator(ref_img, tgt_img)
             write_flo(p, flow)
             return flow

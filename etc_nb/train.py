@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,12 +18,12 @@ from tqdm.auto import tqdm
 
 from .data import get_dataset
 from .data.augment import VideoAugment
+from .io import atomic_save, atomic_write, load_torch
 from .losses import segmentation_loss, temporal_loss
 from .models import create_model
 
 # %% auto #0
-__all__ = ['SCHEME_TERMS', 'parse_scheme', 'TrainConfig', 'batch_keys', 'poly_lr', 'atomic_save', 'load_checkpoint',
-           'training_loss', 'train']
+__all__ = ['SCHEME_TERMS', 'parse_scheme', 'TrainConfig', 'batch_keys', 'poly_lr', 'load_checkpoint', 'training_loss', 'train']
 
 # %% ../nbs/05_train.ipynb #c005
 SCHEME_TERMS = {"tl"}    # regularisation terms a scheme may combine with '+'; 'baseline' has none
@@ -95,29 +93,10 @@ def poly_lr(base_lr: float, step: int, steps: int, power: float = 0.9) -> float:
     return base_lr * (1 - step / steps) ** power
 
 # %% ../nbs/05_train.ipynb #c014
-def atomic_save(obj, path) -> None:
-    "`torch.save` to a temporary file in the same folder, then rename: never a partial file at `path`."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
 def load_checkpoint(path, model_name: str | None = None, num_classes: int | None = None):
     """Load a checkpoint written by `train`; returns `(model in eval mode, checkpoint dict)`.
     With `model_name`/`num_classes` given, a checkpoint of another model or class count is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable etc_nb checkpoint ({e})") from e
+    ckpt = load_torch(path, "etc_nb checkpoint", weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not an etc_nb checkpoint (expected keys 'model' and 'config')")
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -186,14 +165,14 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     step, history, elapsed = 0, [], 0.0       # elapsed: training seconds of earlier (resumed) sessions
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_torch(ckpt_path, "etc_nb checkpoint", weights_only=False)
         if ckpt["config"] != json.loads(json.dumps(asdict(cfg))):
             raise ValueError(f"{ckpt_path}: was written with another config; use a new out_dir or resume=False")
         model.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
         step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["elapsed"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    atomic_write(out_dir / "config.json", json.dumps(asdict(cfg), indent=1))
     ds = _training_set(cfg, terms)
     steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
@@ -203,8 +182,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
                      "config": json.loads(json.dumps(asdict(cfg))), "rng": torch.get_rng_state(),
                      "history": history, "elapsed": elapsed + time.time() - t0, "done": step >= cfg.steps}, ckpt_path)
         if history:
-            tmp = out_dir / ".train_log.csv.tmp"
-            pd.DataFrame(history).to_csv(tmp, index=False); os.replace(tmp, out_dir / "train_log.csv")
+            atomic_write(out_dir / "train_log.csv", pd.DataFrame(history).to_csv(index=False))
 
     model.train()
     running, t0 = [], time.time()

@@ -16,9 +16,10 @@ from torch.utils.data import Dataset
 
 from .augment import VideoAugment, to_tensor
 from ..flow import DISFlow, FlowCache, frame_id
+from ..io import read_image, read_label
 
 # %% auto #0
-__all__ = ['LAYOUT', 'label_id_to_train_id', 'read_image', 'read_label', 'CityscapesVideo', 'write_fixture']
+__all__ = ['LAYOUT', 'label_id_to_train_id', 'CityscapesVideo', 'write_fixture']
 
 # %% ../../nbs/data/02_cityscapes.ipynb #c005
 def label_id_to_train_id() -> np.ndarray:
@@ -31,27 +32,6 @@ def label_id_to_train_id() -> np.ndarray:
     return lut
 
 # %% ../../nbs/data/02_cityscapes.ipynb #c007
-def read_image(path) -> np.ndarray:
-    "Read an image file as uint8 RGB `(H,W,3)`; a missing or unreadable file raises an error naming it."
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-def read_label(path, lut: np.ndarray | None = None) -> np.ndarray:
-    "Read a single-channel label PNG as uint8 `(H,W)`, mapped through `lut` when given."
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: label file not found")
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if lab is None or lab.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel label PNG")
-    return lab if lut is None else lut[lab]
-
-# %% ../../nbs/data/02_cityscapes.ipynb #c008
 _FRAME = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
 LAYOUT = "root/leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png"
 
@@ -184,7 +164,7 @@ class CityscapesVideo(Dataset):
                                          for a, b in zip(nums[:-1], nums[1:])])
         return item
 
-# %% ../../nbs/data/02_cityscapes.ipynb #c010
+# %% ../../nbs/data/02_cityscapes.ipynb #c009
 def write_fixture(root, size=(24, 32), frames=7, labelled=3, snippets=2, city="fixcity", split="train") -> Path:
     """Write a tiny Cityscapes-layout tree (random frames, one label per snippet, zero flows) for tests.
     Snippet 0's label is written as `_labelTrainIds.png`, the others as `_labelIds.png`."""

@@ -16,7 +16,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..flow import FlowCache, _atomic_write
+from ..flow import FlowCache
+from ..io import atomic_write
 
 # %% auto #0
 __all__ = ['CLASSES', 'VOID', 'SYNTH_VERSION', 'Layer', 'make_scene', 'composite', 'apply_nuisance', 'Snippet', 'render_snippet',
@@ -396,6 +397,10 @@ def composite(layers: Sequence[Layer], t: float, size: tuple[int, int]) -> tuple
     return rgb, label, zbuf
 
 # %% ../../nbs/data/00_synthetic.ipynb #c033
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def apply_nuisance(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """Degrade one rendered frame `img` `(H,W,3)` float RGB 0..255 → uint8 `(H,W,3)` with random per-frame
     nuisances of the given `strength` (0: only rounding to uint8)."""
@@ -408,7 +413,7 @@ def apply_nuisance(img: np.ndarray, rng: np.random.Generator, strength: float = 
         cast = 1 + strength * rng.normal(0, 0.04, 3).astype(np.float32)
         x = ((x - mean) * contrast + mean) * gain * cast + strength * rng.normal(0, 6)
         x = x + rng.normal(0, strength * rng.uniform(2, 7), x.shape).astype(np.float32)   # sensor noise
-    x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    x = _to_uint8(x)
     if strength > 0 and rng.random() < min(1.0, 0.7 * strength):
         q = int(np.clip(95 - strength * rng.uniform(0, 65), 5, 95))
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(x, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, q])
@@ -460,11 +465,11 @@ def render_snippet(seed: int | Sequence[int], size: tuple[int, int] = (96, 192),
     rng = np.random.default_rng(scene_seed)
     layers = make_scene(rng, size, frames)
     # per-snippet light level and tint: constant over the snippet, so part of the scene, not a nuisance
-    light = rng.uniform(0.8, 1.15) * (1 + rng.normal(0, 0.03, 3))
+    light = (rng.uniform(0.8, 1.15) * (1 + rng.normal(0, 0.03, 3))).astype(np.float32)
     rgbs, labels, zbufs = zip(*(composite(layers, t, size) for t in range(frames)))
-    clean = [np.clip(r * light, 0, 255) for r in rgbs]
+    clean = [r * light for r in rgbs]
     noisy = [apply_nuisance(c, np.random.default_rng(s), nuisance) for c, s in zip(clean, nuisance_seed.spawn(frames))]
-    return Snippet(frames=np.stack(noisy), clean=np.stack([np.rint(c).astype(np.uint8) for c in clean]),
+    return Snippet(frames=np.stack(noisy), clean=np.stack([_to_uint8(c) for c in clean]),
                    labels=np.stack(labels), zbuf=np.stack(zbufs),
                    velocities=np.stack([l.velocity for l in layers]), names=[l.name for l in layers])
 
@@ -476,7 +481,7 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise RuntimeError(f"{path}: PNG encoding failed")
-    _atomic_write(path, buf.tobytes())
+    atomic_write(path, buf.tobytes())
 
 
 def _train_id_to_label_id() -> np.ndarray:
@@ -563,5 +568,5 @@ def generate_benchmark(root, seed: int = 0, n_train: int = 48, n_val: int = 8, f
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
             list(pool.map(_write_snippet, *zip(*[(root, s, i, params) for s, i in jobs])))
-    _atomic_write(meta, json.dumps(params, indent=1).encode())
+    atomic_write(meta, json.dumps(params, indent=1).encode())
     return root

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..io import load_torch
+
 # %% auto #0
 __all__ = ['BasicBlock', 'Bottleneck', 'init_weights', 'ResNet', 'resnet18', 'resnet50', 'resnet101', 'load_pretrained']
 
@@ -158,12 +160,7 @@ def load_pretrained(backbone: ResNet, path) -> ResNet:
     (naming `path` and listing missing, unexpected and mis-shaped keys) if it does not fit `backbone`.
     Returns `backbone`."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {str(path)!r}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"pretrained weights {str(path)!r}: not a readable torch checkpoint ({e})") from e
+    state = load_torch(path, "pretrained weights")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

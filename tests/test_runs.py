@@ -1,0 +1,39 @@
+"The papermill run notebooks execute end to end with tiny parameters, and the CLI writes the demo contract."
+from pathlib import Path
+
+import pandas as pd
+import papermill as pm
+
+from etc_nb.cli import main
+
+NBS = Path(__file__).resolve().parents[1] / "nbs"
+COLUMNS = {"scheme", "seed", "model", "mIoU", "pixel_acc", "TC_gt", "TC_dis", "params_M", "train_s"}
+
+
+def _check_results(out: Path, seeds: int):
+    df = pd.read_csv(out / "results.csv")
+    assert COLUMNS <= set(df.columns)
+    assert len(df) == 2 * seeds and set(df.scheme) == {"baseline", "tl"}
+    assert df[["mIoU", "TC_gt", "TC_dis"]].apply(lambda c: c.between(0, 100)).all().all()
+    md = (out / "results.md").read_text()
+    assert "baseline" in md and "±" in md
+    assert (out / "results.png").stat().st_size > 0
+
+
+def test_demo_notebook_with_papermill(tmp_path):
+    pm.execute_notebook(str(NBS / "runs" / "demo.ipynb"), str(tmp_path / "demo_out.ipynb"),
+                        parameters=dict(out=str(tmp_path / "res"), quick=True, seeds=1, steps=2,
+                                        root=str(tmp_path / "bench")), progress_bar=False)
+    _check_results(tmp_path / "res", seeds=1)
+
+
+def test_cli_demo_resumes_and_rewrites(tmp_path, capsys):
+    args = ["demo", "--out", str(tmp_path / "res"), "--quick", "--seeds", "2", "--steps", "1",
+            "--root", str(tmp_path / "bench")]
+    assert main(args) == 0
+    _check_results(tmp_path / "res", seeds=2)
+    first = pd.read_csv(tmp_path / "res" / "results.csv")
+    assert main(args) == 0                          # finished runs are re-evaluated, not retrained
+    again = pd.read_csv(tmp_path / "res" / "results.csv")
+    pd.testing.assert_frame_equal(first.drop(columns=["fps_eval"]), again.drop(columns=["fps_eval"]))
+    assert "baseline" in capsys.readouterr().out
