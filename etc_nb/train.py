@@ -196,7 +196,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
-        running.append({k: float(v) for k, v in losses.items()})
+        running.append({k: float(v.detach()) for k, v in losses.items()})
         bar.set_postfix(loss=f"{running[-1]['loss']:.3f}")
         step += 1
         if step % steps_per_epoch == 0 or step == cfg.steps:
