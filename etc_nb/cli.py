@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=int, default=3)
     d.add_argument("--steps", type=int, default=None)
     d.add_argument("--root", default=None)
+    d.add_argument("--lam", type=float, default=None, help="temporal loss weight (default: the demo's 1.0)")
     return p
 
 # %% ../nbs/09_cli.ipynb #c008
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
                 json.dump({**summary, "per_class_iou": [float(v) for v in res["per_class_iou"]]}, f, indent=1)
     elif args.cmd == "demo":
         from etc_nb.demo import markdown_table, run_demo, summarize
-        df = run_demo(args.out, quick=args.quick, seeds=args.seeds, root=args.root, steps=args.steps)
+        extra = {} if args.lam is None else {"lam": args.lam}
+        df = run_demo(args.out, quick=args.quick, seeds=args.seeds, root=args.root, steps=args.steps, **extra)
         print(markdown_table(summarize(df)))
         print(f"\nwritten: {args.out}/results.csv, results.md, results.png")
     return 0

@@ -73,7 +73,8 @@ def run_demo(out, quick: bool = False, seeds: int = 3, root=None, steps: int | N
                          "fps_eval": res["fps"]})
     df = pd.DataFrame(rows)
     atomic_write(out / "results.csv", df.to_csv(index=False))
-    cmd = f"etc-nb demo --out {out}" + (" --quick" if quick else "") + f" --seeds {seeds}"
+    cmd = (f"etc-nb demo --out {out}" + (" --quick" if quick else "") + f" --seeds {seeds}"
+           + "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items()))
     atomic_write(out / "results.md", f"Produced by `{cmd}`.\n\n" + markdown_table(summarize(df)) + "\n")
     ax = plot_accuracy_vs_consistency(df)
     ax.figure.savefig(out / "results.png", dpi=120, bbox_inches="tight")
