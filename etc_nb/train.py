@@ -163,14 +163,15 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step, history, elapsed = 0, [], 0.0       # elapsed: training seconds of earlier (resumed) sessions
+    # elapsed: training seconds of earlier sessions; running: losses of the current, unfinished epoch
+    step, history, elapsed, running = 0, [], 0.0, []
     if resume and ckpt_path.is_file():
         ckpt = load_torch(ckpt_path, "etc_nb checkpoint", weights_only=False)
         if ckpt["config"] != json.loads(json.dumps(asdict(cfg))):
             raise ValueError(f"{ckpt_path}: was written with another config; use a new out_dir or resume=False")
         model.load_state_dict(ckpt["model"]); opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
-        step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["elapsed"]
+        step, history, elapsed, running = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["running"]
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "config.json", json.dumps(asdict(cfg), indent=1))
     ds = _training_set(cfg, terms)
@@ -180,12 +181,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     def save():
         atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                      "config": json.loads(json.dumps(asdict(cfg))), "rng": torch.get_rng_state(),
-                     "history": history, "elapsed": elapsed + time.time() - t0, "done": step >= cfg.steps}, ckpt_path)
+                     "history": history, "running": running, "elapsed": elapsed + time.time() - t0,
+                     "done": step >= cfg.steps}, ckpt_path)
         if history:
             atomic_write(out_dir / "train_log.csv", pd.DataFrame(history).to_csv(index=False))
 
     model.train()
-    running, t0 = [], time.time()
+    t0 = time.time()
     bar = tqdm(range(step, end), initial=step, total=cfg.steps, desc=f"{cfg.scheme} s{cfg.seed}",
                disable=not progress, leave=False)
     for step in bar:
@@ -200,12 +202,12 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
         bar.set_postfix(loss=f"{running[-1]['loss']:.3f}")
         step += 1
         if step % steps_per_epoch == 0 or step == cfg.steps:
-            row = {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": poly_lr(cfg.lr, step - 1, cfg.steps),
+            row = {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": poly_lr(cfg.lr, step - 1, cfg.steps, cfg.poly_power),
                    "seconds": elapsed + time.time() - t0}
             row.update({k: float(np.mean([r[k] for r in running])) for k in running[0]})
             history.append(row); running = []
         if step % cfg.ckpt_every == 0 or step == end:
             save()
-    if step == end and not ckpt_path.is_file():
+    if not ckpt_path.is_file():          # nothing left to train (e.g. steps=0) still leaves a checkpoint
         save()
     return ckpt_path
