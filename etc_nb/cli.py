@@ -9,6 +9,7 @@ import argparse
 import json
 from dataclasses import fields
 
+from .demo import DEMO_SETTINGS
 from .train import TrainConfig
 
 # %% auto #0
@@ -43,12 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="etc-nb", description="Temporally consistent per-frame video segmentation.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="generate the embedded synthetic video benchmark")
+    bench = DEMO_SETTINGS["full"]["bench"]           # defaults: the benchmark `make demo` uses
     s.add_argument("--root", default="data/synthetic")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--n-train", type=int, default=48)
-    s.add_argument("--n-val", type=int, default=8)
-    s.add_argument("--frames", type=int, default=10)
-    s.add_argument("--size", type=parse_size, default=(96, 192))
+    s.add_argument("--n-train", type=int, default=bench["n_train"])
+    s.add_argument("--n-val", type=int, default=bench["n_val"])
+    s.add_argument("--frames", type=int, default=bench["frames"])
+    s.add_argument("--size", type=parse_size, default=bench["size"])
     s.add_argument("--nuisance", type=float, default=1.0)
     t = sub.add_parser("train", help="train one scheme (resumes from OUT/last.pt)")
     t.add_argument("--out", required=True)
