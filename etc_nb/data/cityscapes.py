@@ -69,8 +69,10 @@ class CityscapesVideo(Dataset):
         if not frames:
             raise FileNotFoundError(f"{img_dir}: no frames named like {LAYOUT}")
         self.snippets = dict(frames)
-        self.labelled = [(key, f) for key, fr in self.snippets.items() for f in sorted(fr)
-                         if self._label_path(key, f) is not None]
+        # label files are looked up once: (city, seq), frame number -> path
+        self.label_paths = {(key, f): p for key, fr in self.snippets.items() for f in sorted(fr)
+                            if (p := self._find_label(key, f)) is not None}
+        self.labelled = list(self.label_paths)
         if mode != "sequence" and not self.labelled:
             raise FileNotFoundError(f"{self.root / 'gtFine' / split}: no label files "
                                     "(*_gtFine_labelTrainIds.png or *_gtFine_labelIds.png) for these frames")
@@ -86,7 +88,7 @@ class CityscapesVideo(Dataset):
         else:
             raise ValueError(f"flow: expected None, 'gt' or 'dis[_preset]', got {flow!r}")
 
-    def _label_path(self, key, f):
+    def _find_label(self, key, f):
         city, seq = key
         stem = self.root / "gtFine" / self.split / city / f"{city}_{seq}_{f:06d}_gtFine_"
         for kind in ("labelTrainIds", "labelIds"):
@@ -97,7 +99,7 @@ class CityscapesVideo(Dataset):
 
     def read_label(self, key, f) -> np.ndarray:
         "The trainId label map `(H,W)` uint8 of frame `f` of snippet `key`."
-        p = self._label_path(key, f)
+        p = self.label_paths[(key, f)]
         lab = read_label(p, None if p.name.endswith("labelTrainIds.png") else self.lut)
         bad = np.setdiff1d(np.unique(lab), np.r_[np.arange(self.num_classes), 255])
         if bad.size:
@@ -131,7 +133,11 @@ class CityscapesVideo(Dataset):
         if self.mode == "sequence":
             return self._sequence(list(self.snippets)[idx])
         key, f = self.labelled[idx]
-        nums = [f] if self.mode == "frame" else [self._neighbours(key, f, rng)[0], f, self._neighbours(key, f, rng)[1]]
+        if self.mode == "frame":
+            nums = [f]
+        else:
+            before, after = self._neighbours(key, f, rng)
+            nums = [before, f, after]
         imgs = [read_image(self.snippets[key][n]) for n in nums]
         label = self.read_label(key, f)
         flows = None
@@ -153,11 +159,11 @@ class CityscapesVideo(Dataset):
         nums = sorted(self.snippets[key])
         imgs = [read_image(self.snippets[key][n]) for n in nums]
         H, W = imgs[0].shape[:2]
-        labels = [self.read_label(key, n) if self._label_path(key, n) else np.full((H, W), 255, np.uint8)
+        labels = [self.read_label(key, n) if (key, n) in self.label_paths else np.full((H, W), 255, np.uint8)
                   for n in nums]
         item = {"frames": torch.stack([to_tensor(i) for i in imgs]),
                 "labels": torch.from_numpy(np.stack(labels).astype(np.int64)),
-                "labelled": torch.tensor([self._label_path(key, n) is not None for n in nums]),
+                "labelled": torch.tensor([(key, n) in self.label_paths for n in nums]),
                 "names": [frame_id(self.snippets[key][n]) for n in nums]}
         if self._flow_cache is not None:
             item["flows"] = torch.stack([torch.from_numpy(self.flow(key, a, b)).permute(2, 0, 1)
