@@ -36,6 +36,7 @@ def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_cl
     flow source in `flows` (percent, Eq. 5–6: averaged per sequence, then over sequences),
     `per_class_iou` `(K,)`, `n_sequences`, `n_frames` and `fps` (inference only)."""
     ds = get_dataset(dataset, root, split, mode="sequence")
+    # one reader per flow source, used only for its flows (frames and labels come from `ds`)
     flow_sets = {src: get_dataset(dataset, root, split, mode="sequence", flow=src) for src in flows}
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     tcs = {src: [] for src in flows}
@@ -48,11 +49,8 @@ def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_cl
         n_frames += len(preds)
         lab = item["labelled"]
         cm += confusion_matrix(preds[lab], item["labels"][lab], num_classes)
-        nums = sorted(ds.snippets[key])
         for src, fds in flow_sets.items():
-            fl = torch.stack([torch.from_numpy(fds.flow(key, a, b)).permute(2, 0, 1)
-                              for a, b in zip(nums[:-1], nums[1:])])
-            tcs[src].append(temporal_consistency(preds, fl, num_classes))
+            tcs[src].append(temporal_consistency(preds, fds.forward_flows(key), num_classes))
     res = {"mIoU": miou(cm), "pixel_acc": pixel_accuracy(cm)}
     res.update({f"TC_{src}": mean_tc(v) for src, v in tcs.items()})
     res.update(per_class_iou=iou_from_confusion(cm).numpy() * 100, n_sequences=len(ds), n_frames=n_frames,

@@ -76,7 +76,6 @@ class CityscapesVideo(Dataset):
         if mode != "sequence" and not self.labelled:
             raise FileNotFoundError(f"{self.root / 'gtFine' / split}: no label files "
                                     "(*_gtFine_labelTrainIds.png or *_gtFine_labelIds.png) for these frames")
-        self.flow_source = flow
         if flow is None:
             self._flow_cache = None
         elif flow == "gt":
@@ -110,6 +109,12 @@ class CityscapesVideo(Dataset):
         "Flow `(H,W,2)` from frame `ref` to frame `tgt` of snippet `key` (read or computed once and cached)."
         fr = self.snippets[key]
         return self._flow_cache(key[0]).get(fr[ref], fr[tgt])
+
+    def forward_flows(self, key) -> torch.Tensor:
+        "Flows `(T-1,2,H,W)` of snippet `key`, `[t]` from its t-th frame to the next (what TC consumes)."
+        nums = sorted(self.snippets[key])
+        return torch.stack([torch.from_numpy(self.flow(key, a, b)).permute(2, 0, 1)
+                            for a, b in zip(nums[:-1], nums[1:])])
 
     def __len__(self):
         return len(self.snippets) if self.mode == "sequence" else len(self.labelled)
@@ -166,8 +171,7 @@ class CityscapesVideo(Dataset):
                 "labelled": torch.tensor([(key, n) in self.label_paths for n in nums]),
                 "names": [frame_id(self.snippets[key][n]) for n in nums]}
         if self._flow_cache is not None:
-            item["flows"] = torch.stack([torch.from_numpy(self.flow(key, a, b)).permute(2, 0, 1)
-                                         for a, b in zip(nums[:-1], nums[1:])])
+            item["flows"] = self.forward_flows(key)
         return item
 
 # %% ../../nbs/data/02_cityscapes.ipynb #c009
