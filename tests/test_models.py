@@ -13,8 +13,9 @@ def ceil8(n):
 
 
 def test_registry_names_and_unknown_model():
-    assert list_models() == ["pspnet101", "pspnet18", "pspnet50"]
-    with pytest.raises(ValueError, match="available: pspnet101, pspnet18, pspnet50"):
+    assert list_models() == ["bisenetv2", "espnetv2", "fchardnet70", "hrnet_w18s",
+                             "pspnet101", "pspnet18", "pspnet50", "pspnet_mbv2"]
+    with pytest.raises(ValueError, match="available: bisenetv2, espnetv2, fchardnet70"):
         create_model("unet")
 
 

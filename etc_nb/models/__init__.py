@@ -17,6 +17,12 @@ MODELS = {
     "pspnet18": "etc_nb.models.pspnet:pspnet18",    # the paper's student
     "pspnet50": "etc_nb.models.pspnet:pspnet50",
     "pspnet101": "etc_nb.models.pspnet:pspnet101",  # the paper's teacher
+    # the compact per-frame networks of Table V
+    "pspnet_mbv2": "etc_nb.models.pspnet:pspnet_mbv2",   # PSPNet head on MobileNetV2 (Sandler et al. 2018)
+    "hrnet_w18s": "etc_nb.models.hrnet:hrnet_w18s",       # HRNetV2-W18-Small (Wang et al. 2020)
+    "bisenetv2": "etc_nb.models.bisenetv2:bisenetv2",     # BiSeNet V2 (Yu et al. 2021)
+    "espnetv2": "etc_nb.models.espnetv2:espnetv2",        # ESPNetv2 (Mehta et al. 2019)
+    "fchardnet70": "etc_nb.models.hardnet:fchardnet70",   # FC-HarDNet-70 (Chao et al. 2019)
 }
 
 def list_models() -> list[str]:
@@ -27,8 +33,9 @@ def create_model(name: str, num_classes: int = 19, pretrained=None, **kw) -> nn.
     """The segmentation network `name` with `num_classes` outputs, randomly initialised, its backbone loaded
     from the local ImageNet checkpoint `pretrained` if given; `kw` go to the constructor.
 
-    The model maps `(B,3,H,W)` to a dict: `logits` `(B,num_classes,h,w)` (stride 8 for the PSPNets),
-    `feat` (last-block features) and, in training mode, `aux`."""
+    The model maps `(B,3,H,W)` to a dict: `logits` `(B,num_classes,h,w)` at the model's `output_stride`
+    (8 for the PSPNets), `feat` (last-block features) and, in training mode, `aux` (models with auxiliary
+    heads)."""
     if name not in MODELS:
         raise ValueError(f"model {name!r} unknown; available: {', '.join(list_models())}")
     module, fn = MODELS[name].split(":")

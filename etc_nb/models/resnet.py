@@ -152,11 +152,12 @@ def _key_list(keys: list[str], limit: int = 10) -> str:
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
 
-def load_pretrained(backbone: ResNet, path) -> ResNet:
-    """Load torchvision ImageNet ResNet weights from the local file `path` into `backbone`, in place.
+def load_pretrained(backbone: nn.Module, path, ignore: tuple[str, ...] = ("fc.",)) -> nn.Module:
+    """Load ImageNet weights from the local file `path` into `backbone`, in place: a torchvision ResNet
+    checkpoint here, and any backbone of `etc_nb.models` whose state-dict names follow its source library.
 
     Accepts a state dict or a dict holding one under `'state_dict'` or `'model'`; strips `module.`
-    prefixes and ignores `fc.*`. Raises `FileNotFoundError` if `path` does not exist and `ValueError`
+    prefixes and ignores keys starting with a prefix in `ignore` (the ImageNet classifier: `fc.*` for ResNet). Raises `FileNotFoundError` if `path` does not exist and `ValueError`
     (naming `path` and listing missing, unexpected and mis-shaped keys) if it does not fit `backbone`.
     Returns `backbone`."""
     path = Path(path)
@@ -169,7 +170,7 @@ def load_pretrained(backbone: ResNet, path) -> ResNet:
         raise ValueError(f"pretrained weights {str(path)!r}: expected a state dict of tensors "
                          f"(or one under 'state_dict'/'model'), got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     expected = backbone.state_dict()
     missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in expected)
