@@ -1,0 +1,162 @@
+"""Tests of etc_nb.models.espnetv2: output contract, shapes at odd sizes, gradients, EESP receptive fields,
+exportable adaptive pooling, parameter/FLOP counts against the authors' published numbers, official-name ImageNet
+loading, TorchScript tracing and ONNX export."""
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from etc_nb.models import count_params, create_model
+from etc_nb.models.espnetv2 import (EESP, EESPNet, ESPNetv2, StridedEESP, adaptive_avg_pool2d, eesp_dilations,
+                                    espnetv2)
+
+torch.set_num_threads(1)
+
+
+def half(n):
+    return -(-n // 2)
+
+
+@pytest.mark.parametrize("size", [(64, 128), (57, 75)])
+def test_eval_forward_shapes_without_aux(size):
+    net = create_model("espnetv2", num_classes=7).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, *size))
+    assert set(out) == {"logits", "feat"}
+    assert out["logits"].shape == (1, 7, half(size[0]), half(size[1]))
+    assert out["feat"].shape == (1, 32, half(size[0]), half(size[1]))
+
+
+@pytest.mark.parametrize("size", [(48, 80), (50, 70)])
+def test_train_forward_has_no_aux(size):
+    # the released segmentation model trains with one loss: no auxiliary head, in either mode
+    net = create_model("espnetv2").train()
+    out = net(torch.randn(2, 3, *size))
+    assert set(out) == {"logits", "feat"}
+    assert out["logits"].shape == (2, 19, half(size[0]), half(size[1]))
+    assert (ESPNetv2.output_stride, ESPNetv2.train_only, ESPNetv2.aux_weight) == (2, (), 0.0)
+
+
+def test_backward_reaches_backbone():
+    net = create_model("espnetv2", num_classes=3).train()
+    net(torch.randn(2, 3, 40, 56))["logits"].square().mean().backward()
+    assert net.backbone.level1.conv.weight.grad.abs().sum() > 0
+    assert net.backbone.level4_0.inp_reinf[0].conv.weight.grad.abs().sum() > 0
+
+
+def conv_macs(model, x):
+    macs = []
+    hooks = [m.register_forward_hook(
+        lambda m, i, o: macs.append(o.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]))
+        for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return sum(macs)
+
+
+def test_parameter_and_flop_counts_vs_published():
+    # Published for the ESPNetv2 segmentation model at s=2.0 on Cityscapes (sacmehta/EdgeNets,
+    # model/segmentation/model_zoo/README.md): 0.79M parameters, 674.78M FLOPs at 512x256 (2699.05M at 1024x512).
+    # The video paper's Table V lists ESPNetV2 with "2.70" as #Params: that is the 2.70 GFLOPs at 1024x512, not a
+    # parameter count (the whole ImageNet classifier at s=2.0 has 3.49M), so we compare with 0.79M.
+    net = create_model("espnetv2")
+    n = count_params(net)
+    assert abs(n / 0.79e6 - 1) < 0.10, n
+    assert n == count_params(net, inference=False) == 787_968
+    # the release's FLOP counts were computed with 21 classes (its PASCAL default); conv MACs reproduce them exactly
+    assert round(conv_macs(espnetv2(num_classes=21), torch.randn(1, 3, 256, 512)) / 1e4) == 67478
+
+
+def test_eesp_dilations_and_receptive_field():
+    assert eesp_dilations(4, 13) == [1, 2, 3, 4]
+    assert eesp_dilations(4, 7) == [1, 1, 2, 3]
+    assert eesp_dilations(4, 5) == [1, 1, 1, 2]
+    for r_lim, field in ((7, 7), (5, 5), (11, 9)):
+        x = torch.randn(1, 16, 19, 19, requires_grad=True)
+        EESP(16, 16, r_lim=r_lim).eval()(x)[0, :, 9, 9].sum().backward()
+        rows, cols = x.grad[0].abs().sum(0).nonzero(as_tuple=True)
+        assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (field, field)
+    with pytest.raises(ValueError, match="cout a multiple of k²=16"):
+        EESP(16, 24)
+    with pytest.raises(ValueError, match="cin a multiple of k"):
+        EESP(18, 16)
+
+
+def test_eesp_residual_and_strided_unit():
+    unit = EESP(16, 16).eval()
+    nn.init.zeros_(unit.conv_1x1_exp.conv.weight)
+    x = torch.randn(2, 16, 9, 11)
+    with torch.no_grad():
+        assert torch.allclose(unit(x), unit.module_act(x), atol=1e-6)
+    down = StridedEESP(16, 64).eval()
+    x, image = torch.randn(1, 16, 9, 11), torch.randn(1, 3, 5, 6)
+    with torch.no_grad():
+        y = down(x, image)
+        assert y.shape == (1, 64, 5, 6)
+        assert not torch.allclose(y, down(x, image + 1))          # the input reinforcement reaches the output
+        # without reinforcement: PReLU(concat(avg-pool(x), strided EESP(x)))
+        ref = down.act(torch.cat([F.avg_pool2d(x, 3, 2, 1), down.eesp(x)], 1))
+        assert torch.allclose(down(x), ref)
+
+
+@pytest.mark.parametrize("shape,size", [((12, 18), (6, 9)), ((32, 64), (21, 43)), ((7, 9), (5, 5)),
+                                        ((4, 3), (5, 5)), ((13, 17), (13, 4))])
+def test_adaptive_avg_pool_matches_torch(shape, size):
+    x = torch.randn(2, 3, *shape, dtype=torch.float64)
+    assert torch.allclose(adaptive_avg_pool2d(x, size), F.adaptive_avg_pool2d(x, size), atol=1e-12)
+
+
+def test_backbone_shapes_names_and_scales():
+    feats = EESPNet().eval()(torch.randn(1, 3, 67, 101))
+    assert [tuple(f.shape) for f in feats] == [(1, 32, 34, 51), (1, 128, 17, 26), (1, 256, 9, 13), (1, 512, 5, 7)]
+    assert EESPNet(scale=1.0).channels == (32, 64, 128, 256)
+    with pytest.raises(ValueError, match="scale"):
+        espnetv2(scale=0.75)
+
+
+def official_state_dict(backbone):
+    "The backbone's tensors as the release's ImageNet checkpoint holds them: DataParallel prefix, level 5, classifier."
+    sd = dict(backbone.state_dict())
+    sd.update({"level5_0.eesp.proj_1x1.conv.weight": torch.randn(128, 128, 1, 1),
+               "level5.4.conv.weight": torch.randn(1280, 256, 1, 1),
+               "classifier.weight": torch.randn(1000, 1280), "classifier.bias": torch.randn(1000)})
+    return {f"module.{k}": v for k, v in sd.items()}
+
+
+def test_pretrained_round_trip(tmp_path):
+    src = EESPNet().eval()
+    torch.save(official_state_dict(src), tmp_path / "espnetv2_s_2.0.pth")
+    net = create_model("espnetv2", pretrained=tmp_path / "espnetv2_s_2.0.pth").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(net.backbone(x)[3], src(x)[3])
+
+
+def test_pretrained_mismatch_names_file(tmp_path):
+    torch.save(official_state_dict(EESPNet(scale=1.0)), tmp_path / "espnetv2_s_1.0.pth")
+    with pytest.raises(ValueError, match=r"espnetv2_s_1\.0\.pth.*mis-shaped"):
+        espnetv2(pretrained=tmp_path / "espnetv2_s_1.0.pth")
+    sd = official_state_dict(EESPNet())
+    del sd["module.level3.1.proj_1x1.bn.weight"]
+    torch.save(sd, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="missing keys: level3.1.proj_1x1.bn.weight"):
+        espnetv2(pretrained=tmp_path / "partial.pth")
+
+
+def test_trace_and_onnx_export():
+    net = espnetv2().eval()
+    x = torch.randn(1, 3, 72, 104)
+    with torch.no_grad():
+        ref = net(x)["logits"]
+        traced = torch.jit.trace(net, x, strict=False, check_trace=False)
+        assert torch.allclose(traced(x)["logits"], ref, atol=1e-4)
+    buf = io.BytesIO()
+    torch.onnx.export(net, x, buf, dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=["logits", "feat"])
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    assert torch.allclose(torch.from_numpy(sess.run(["logits"], {"image": x.numpy()})[0]), ref, atol=1e-3)
