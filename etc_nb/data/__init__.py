@@ -15,6 +15,11 @@ DATASETS = {
     # the embedded benchmark is written in the Cityscapes layout, so it shares the reader
     "synthetic": "etc_nb.data.cityscapes:CityscapesVideo",
     "cityscapes": "etc_nb.data.cityscapes:CityscapesVideo",
+    "camvid": "etc_nb.data.camvid:CamVid",
+    "vw300mask": "etc_nb.data.vw300mask:VW300Mask",
+    "ytvis": "etc_nb.data.ytvis:YouTubeVIS",
+    "videomatting": "etc_nb.data.videomatting:VideoMatting",
+    "video": "etc_nb.data.video:Video",
 }
 
 def get_dataset(name: str, root, split: str = "train", **kw):
