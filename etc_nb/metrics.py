@@ -15,7 +15,7 @@ from .warp import sample_coords, warp
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'miou', 'pixel_accuracy', 'per_class_iou', 'SegMetrics', 'pair_confusions',
-           'temporal_consistency', 'mean_tc']
+           'tc_from_confusions', 'temporal_consistency', 'mean_tc']
 
 # %% ../nbs/04_metrics.ipynb #c006
 def _as_labels(x, name: str) -> torch.Tensor:
@@ -196,6 +196,21 @@ def pair_confusions(preds, flows, num_classes: int, ignore_index: int | None = 2
     return out
 
 # %% ../nbs/04_metrics.ipynb #c033
+def tc_from_confusions(cms: torch.Tensor, mode: str = "pair", per_class: bool = False) -> float | dict:
+    """TC in percent from per-pair confusion matrices `cms` `(P,K,K)` (what `pair_confusions` returns; a
+    long video can collect them pair by pair). `mode` and the result as in `temporal_consistency`."""
+    if mode not in ("pair", "global"):
+        raise ValueError(f"mode: expected 'pair' or 'global', got {mode!r}")
+    pair_iou = iou_from_confusion(cms).cpu()                                  # (P,K)
+    per_pair = pair_iou.nanmean(-1) * 100                                     # NaN: nothing to compare
+    if mode == "pair":
+        tc = _nanmean(per_pair)
+        per_cls = pair_iou.nanmean(0) * 100  # NaN where the class is absent from every pair
+    else:
+        tc = miou(cms.sum(0))
+        per_cls = iou_from_confusion(cms.sum(0)).cpu() * 100
+    return dict(TC=tc, per_class_tc=per_cls, per_pair_tc=per_pair.tolist()) if per_class else tc
+
 def temporal_consistency(preds, flows, num_classes: int, ignore_index: int | None = 255, valid=None,
                          occlusion=None, exclude_out_of_frame: bool = True, mode: str = "pair",
                          per_class: bool = False, chunk: int = 1) -> float | dict:
@@ -209,15 +224,7 @@ def temporal_consistency(preds, flows, num_classes: int, ignore_index: int | Non
     if mode not in ("pair", "global"):
         raise ValueError(f"mode: expected 'pair' or 'global', got {mode!r}")
     cms = pair_confusions(preds, flows, num_classes, ignore_index, valid, occlusion, exclude_out_of_frame, chunk)
-    pair_iou = iou_from_confusion(cms).cpu()                                  # (T-1,K)
-    per_pair = pair_iou.nanmean(-1) * 100                                     # NaN: nothing to compare
-    if mode == "pair":
-        tc = _nanmean(per_pair)
-        per_cls = pair_iou.nanmean(0) * 100  # NaN where the class is absent from every pair
-    else:
-        tc = miou(cms.sum(0))
-        per_cls = iou_from_confusion(cms.sum(0)).cpu() * 100
-    return dict(TC=tc, per_class_tc=per_cls, per_pair_tc=per_pair.tolist()) if per_class else tc
+    return tc_from_confusions(cms, mode, per_class)
 
 # %% ../nbs/04_metrics.ipynb #c047
 def mean_tc(values: Iterable[float]) -> float:
