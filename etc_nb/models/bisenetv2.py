@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .hrnet import conv_bn
 from .resnet import init_weights
 
 # %% auto #0
-__all__ = ['DETAIL_STAGES', 'SEMANTIC_STEM', 'SEMANTIC_STAGES', 'GE_EXPANSION', 'conv_bn', 'DetailBranch', 'StemBlock',
-           'GatherExpansion', 'ContextEmbedding', 'SemanticBranch', 'BilateralGuidedAggregation', 'SegmentHead',
-           'BiSeNetV2', 'bisenetv2']
+__all__ = ['DETAIL_STAGES', 'SEMANTIC_STEM', 'SEMANTIC_STAGES', 'GE_EXPANSION', 'DetailBranch', 'StemBlock', 'GatherExpansion',
+           'ContextEmbedding', 'SemanticBranch', 'BilateralGuidedAggregation', 'SegmentHead', 'BiSeNetV2', 'bisenetv2']
 
 # %% ../../nbs/models/05_bisenetv2.ipynb #c006
 DETAIL_STAGES = ((64, 2), (64, 3), (128, 3))     # (channels, 3×3 conv-BN-ReLU layers); the first has stride 2
@@ -22,16 +22,7 @@ SEMANTIC_STEM = 16                               # λ·64 with the channel ratio
 SEMANTIC_STAGES = ((32, 2), (64, 2), (128, 4))   # (channels, GE layers); the first has stride 2
 GE_EXPANSION = 6
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c008
-def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
-    """`kernel`×`kernel` convolution (no bias) → BatchNorm → ReLU if `relu`, padded so that stride 1 keeps the size:
-    `(B,cin,H,W)` → `(B,cout,ceil(H/stride),ceil(W/stride))`. `groups=cin` makes it depthwise."""
-    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-# %% ../../nbs/models/05_bisenetv2.ipynb #c011
+# %% ../../nbs/models/05_bisenetv2.ipynb #c010
 class DetailBranch(nn.Sequential):
     """BiSeNetV2's Detail Branch (Table 1): stages of 3×3 `conv_bn` layers, `DETAIL_STAGES`, the first of each
     stage with stride 2. `(B,3,H,W)` → `(B,128,ceil(H/8),ceil(W/8))`."""
@@ -43,7 +34,7 @@ class DetailBranch(nn.Sequential):
         super().__init__(*stages)
         self.out_channels = cin
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c014
+# %% ../../nbs/models/05_bisenetv2.ipynb #c013
 class StemBlock(nn.Module):
     """Semantic Branch stem (Fig. 4a): `(B,3,H,W)` → `(B,cout,ceil(H/4),ceil(W/4))`."""
     def __init__(self, cout: int = SEMANTIC_STEM):
@@ -57,7 +48,7 @@ class StemBlock(nn.Module):
         x = self.conv(x)
         return self.fuse(torch.cat([self.left(x), self.right(x)], dim=1))
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c017
+# %% ../../nbs/models/05_bisenetv2.ipynb #c016
 class GatherExpansion(nn.Module):
     """Gather-and-Expansion layer (Fig. 5): 3×3 conv-BN-ReLU → depthwise 3×3 conv-BN expanding ×`expansion`
     (`stride`; a second depthwise 3×3 conv-BN when `stride == 2`) → 1×1 conv-BN to `cout` → + shortcut → ReLU.
@@ -84,7 +75,7 @@ class GatherExpansion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.project(self.expand(self.gather(x))) + self.shortcut(x))
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c021
+# %% ../../nbs/models/05_bisenetv2.ipynb #c020
 class ContextEmbedding(nn.Module):
     """Context Embedding block (Fig. 4b): `x + conv1×1-BN-ReLU(BN(mean over H,W of x))`, then a plain 3×3
     convolution. `(B,C,h,w)` → `(B,C,h,w)`."""
@@ -97,7 +88,7 @@ class ContextEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x + self.gap_conv(self.bn(x.mean((2, 3), keepdim=True))))
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c025
+# %% ../../nbs/models/05_bisenetv2.ipynb #c024
 class SemanticBranch(nn.Module):
     """BiSeNetV2's Semantic Branch (Table 1): `StemBlock` → stages of `GatherExpansion` layers (`SEMANTIC_STAGES`,
     the first of each with stride 2) → `ContextEmbedding`.
@@ -122,7 +113,7 @@ class SemanticBranch(nn.Module):
         feats.append(self.ce(feats[-1]))
         return feats
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c028
+# %% ../../nbs/models/05_bisenetv2.ipynb #c027
 class BilateralGuidedAggregation(nn.Module):
     """Bilateral Guided Aggregation layer (Fig. 6). `forward(detail, semantic)`: detail features `(B,C,h,w)`
     (stride 8) and semantic features `(B,C,ceil(h/4),ceil(w/4))` (stride 32) → fused features `(B,C,h,w)`."""
@@ -142,14 +133,14 @@ class BilateralGuidedAggregation(nn.Module):
         low = self.detail_down(detail) * torch.sigmoid(self.semantic_gate(semantic))
         return self.fuse(high + up(low))
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c032
+# %% ../../nbs/models/05_bisenetv2.ipynb #c031
 class SegmentHead(nn.Sequential):
     """3×3 conv-BN-ReLU to `mid` channels → Dropout2d(`dropout`) → 1×1 convolution (with bias) to `num_classes`:
     `(B,cin,h,w)` → `(B,num_classes,h,w)`."""
     def __init__(self, cin: int, mid: int, num_classes: int, dropout: float = 0.1):
         super().__init__(conv_bn(cin, mid), nn.Dropout2d(dropout), nn.Conv2d(mid, num_classes, 1))
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c035
+# %% ../../nbs/models/05_bisenetv2.ipynb #c034
 class BiSeNetV2(nn.Module):
     """BiSeNet V2 (Yu et al., IJCV 2021) for `num_classes` classes, main head width `head_channels` ($C_t$),
     booster head width `booster_channels`.
@@ -183,7 +174,7 @@ class BiSeNetV2(nn.Module):
             out["aux"] = tuple(booster(s) for booster, s in zip(self.boosters, stages))
         return out
 
-# %% ../../nbs/models/05_bisenetv2.ipynb #c037
+# %% ../../nbs/models/05_bisenetv2.ipynb #c036
 def bisenetv2(num_classes: int = 19, pretrained=None, **kw) -> BiSeNetV2:
     "BiSeNet V2 with a 1024-wide main head (3.36M parameters at inference for 19 classes); `kw` go to `BiSeNetV2`."
     if pretrained is not None:

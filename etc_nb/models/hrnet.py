@@ -31,9 +31,10 @@ HRNET_W18_SMALL_V2 = dict(layer1_blocks=2, stages=(
 ))
 
 # %% ../../nbs/models/04_hrnet.ipynb #c008
-def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
-    "`kernel`×`kernel` convolution (no bias: a BatchNorm follows) → BatchNorm → ReLU if `relu`; `(B,cin,H,W)` → `(B,cout,ceil(H/stride),ceil(W/stride))`."
-    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, relu: bool = True, groups: int = 1) -> nn.Sequential:
+    """`kernel`×`kernel` convolution (no bias: a BatchNorm follows) → BatchNorm → ReLU if `relu`; `(B,cin,H,W)` →
+    `(B,cout,ceil(H/stride),ceil(W/stride))`. `groups=cin` makes it depthwise (BiSeNetV2, HarDNet reuse it)."""
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
