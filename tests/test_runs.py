@@ -37,3 +37,15 @@ def test_cli_demo_resumes_and_rewrites(tmp_path, capsys):
     again = pd.read_csv(tmp_path / "res" / "results.csv")
     pd.testing.assert_frame_equal(first.drop(columns=["fps_eval"]), again.drop(columns=["fps_eval"]))
     assert "baseline" in capsys.readouterr().out
+
+
+def test_carphone_real_video_notebook(tmp_path):
+    "Runs where the teachers extra is installed (mediapipe); CI's environment skips it."
+    import pytest
+    pytest.importorskip("mediapipe")
+    out = tmp_path / "carphone"
+    pm.execute_notebook(str(NBS / "runs" / "carphone.ipynb"), str(tmp_path / "carphone_out.ipynb"),
+                        parameters=dict(out=str(out), seeds=1, steps=2), progress_bar=False)
+    df = pd.read_csv(out / "results.csv")
+    assert set(df.scheme) == {"baseline", "tl"} and df[["mIoU", "TC_dis"]].apply(lambda c: c.between(0, 100)).all().all()
+    assert (out / "side_by_side.mp4").stat().st_size > 0 and (out / "flicker.png").exists()
