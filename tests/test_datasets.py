@@ -377,3 +377,12 @@ def test_registry_names_the_readers(cam, vw, yt, vm, vids):
     for name, (cls, root, split) in expected.items():
         ds = get_dataset(name, root, split, mode="sequence")
         assert type(ds) is cls and ds[0]["frames"].ndim == 4
+
+
+@pytest.mark.parametrize("name", ["camvid", "videomatting"])
+def test_pseudo_root_reaches_the_base_reader(name, cam, tmp_path, request):
+    "CamVid and VideoMatting pass `pseudo_root` on: a missing one is reported with the pseudo-label layout."
+    root = cam if name == "camvid" else request.getfixturevalue("vm")
+    split = "train" if name == "camvid" else "test"
+    with pytest.raises((FileNotFoundError, ValueError), match="_label.png"):
+        get_dataset(name, root, split, pseudo_root=tmp_path / "missing")

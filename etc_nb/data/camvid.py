@@ -34,9 +34,9 @@ class CamVid(FrameSequences):
 
     def __init__(self, root, split: str = "train", mode: str = "frame", gap: int = 3, random_gap: bool = True,
                  flow: str | None = None, augment=None, cache_dir=None, clip: int | None = 30,
-                 sequences: list[str] | None = None, margin: int = 15):
+                 sequences: list[str] | None = None, margin: int = 15, pseudo_root=None):
         self.margin = margin
-        super().__init__(root, split, mode, gap, random_gap, flow, augment, cache_dir, clip, sequences)
+        super().__init__(root, split, mode, gap, random_gap, flow, augment, cache_dir, clip, sequences, pseudo_root)
 
     def _index(self):
         img_dir, ann_dir = self.root / self.split, self.root / f"{self.split}annot"

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .cityscapes import CityscapesVideo
-from ..flow import DISFlow, FlowCache, frame_id
+from ..flow import frame_id
 from ..io import read_label
 
 # %% auto #0
@@ -43,39 +43,34 @@ def image_size(path) -> tuple[int, int]:
     return h, w
 
 # %% ../../nbs/data/08_video.ipynb #c009
-_MODES = ("frame", "triplet", "sequence")
-
 class FrameSequences(CityscapesVideo):
-    """Base of the readers of non-Cityscapes layouts. Items, modes, RS triplets, flows and augmentation are
-    `CityscapesVideo`'s (items: `image` `(3,H,W)`, `label` `(H,W)` int64 with 255 = ignore, `name`;
-    `mode="triplet"` adds `frames` `(3,3,H,W)`, `gaps` and, with `flow`, `flows` `(2,2,H,W)`;
-    `mode="sequence"` gives `frames` `(T,3,H,W)`, `labels` `(T,H,W)`, `labelled` `(T,)`, `names` and,
-    with `flow`, `flows` `(T-1,2,H,W)`).
+    """Base of the readers of non-Cityscapes layouts. Items, modes, RS triplets, flows, augmentation and pseudo
+    labels are `CityscapesVideo`'s (items: `image` `(3,H,W)`, `label` `(H,W)` int64 with 255 = ignore, `name`,
+    `pseudo`; `mode="triplet"` adds `frames` `(3,3,H,W)`, `gaps` and, with `flow`, `flows` `(2,2,H,W)`;
+    `mode="sequence"` gives `frames` `(T,3,H,W)`, `labels` `(T,H,W)`, `labelled` `(T,)`, `pseudo` `(T,)`,
+    `names` and, with `flow`, `flows` `(T-1,2,H,W)`).
 
     `flow`: None or an OpenCV DIS preset (`"dis"`, `"dis_fast"`, `"dis_ultrafast"`), cached under
     `cache_dir` (default `root/flow_cache`). `clip`: in `mode="sequence"`, sequences are cut into
     consecutive clips of at most `clip` frames (None: whole sequences). `sequences`: names of the
-    sequences to keep (None: all). Class attributes: `classes` (names, index = class id), `layout` (the
-    expected layout, quoted by errors), `ignore_in_miou` (class ids that the dataset's mIoU leaves out),
-    `void_ids` (label ids read as 255), `every_frame` (frame/triplet items over every frame: unlabelled data)."""
+    sequences to keep (None: all). `pseudo_root`: pseudo labels of the frames without ground truth. Class
+    attributes: `classes` (names, index = class id), `layout` (the expected layout, quoted by errors),
+    `ignore_in_miou` (class ids that the dataset's mIoU leaves out), `void_ids` (label ids read as 255),
+    `every_frame` (frame/triplet items over every frame: unlabelled data)."""
     layout: str = ""
+    pseudo_layout = "pseudo_root/{split}/{sequence}/{frame file stem}_label.png (+ _confidence.png)"
     classes: tuple[str, ...] = ()
     ignore_in_miou: tuple[int, ...] = ()
     void_ids: tuple[int, ...] = ()
-    every_frame: bool = False
 
     def __init__(self, root, split: str = "train", mode: str = "frame", gap: int = 3, random_gap: bool = True,
                  flow: str | None = None, augment=None, cache_dir=None, clip: int | None = 30,
-                 sequences: list[str] | None = None):
-        if mode not in _MODES:
-            raise ValueError(f"mode: expected 'frame', 'triplet' or 'sequence', got {mode!r}")
+                 sequences: list[str] | None = None, pseudo_root=None):
         if clip is not None and (not isinstance(clip, int) or clip < 1):
             raise ValueError(f"clip: expected a positive number of frames or None, got {clip!r}")
-        self.root, self.split, self.mode, self.gap, self.random_gap = Path(root), split, mode, gap, random_gap
-        self.augment = augment
+        self._configure(root, split, mode, gap, random_gap, augment, cache_dir)
         if not self.root.exists():
             raise FileNotFoundError(errno.ENOENT, f"dataset root not found; expected {self.layout}", str(self.root))
-        self.cache_dir = Path(cache_dir) if cache_dir else self.default_cache_dir()
         seqs, labels = self._index()
         self.num_classes = len(self.classes)               # after _index: some datasets read their classes there
         if sequences is not None:
@@ -90,29 +85,17 @@ class FrameSequences(CityscapesVideo):
                 key = (name, c)
                 self.snippets[key] = {n: paths[n] for n in range(start, min(start + step, len(paths)))}
                 self.label_paths.update({(key, n): labels[(name, n)] for n in self.snippets[key] if (name, n) in labels})
-        self.labelled = ([(k, n) for k, fr in self.snippets.items() for n in fr] if self.every_frame
-                         else list(self.label_paths))
-        if mode != "sequence" and not self.labelled:
-            raise FileNotFoundError(f"{self.root}: no labelled frames in split {split!r} for mode={mode!r}; "
-                                    f"expected {self.layout}")
+        self._index_targets(pseudo_root, where=self.root)
         self._flow_cache = self._flow_source(flow)
-
-    def default_cache_dir(self) -> Path:
-        "Where flows (and other derived files) are cached when `cache_dir` is not given."
-        return self.root / "flow_cache"
 
     def _index(self) -> tuple[dict, dict]:
         raise NotImplementedError
 
     def _flow_source(self, flow):
-        if flow is None:
-            return None
-        if not isinstance(flow, str) or not flow.startswith("dis"):
+        if flow is not None and (not isinstance(flow, str) or not flow.startswith("dis")):
             raise ValueError(f"flow: {type(self).__name__} ships no ground-truth flow; expected None, 'dis', "
                              f"'dis_fast' or 'dis_ultrafast', got {flow!r}")
-        preset = flow.partition("_")[2] or "medium"
-        est = DISFlow(preset)
-        return lambda name: FlowCache(self.cache_dir / f"dis_{preset}" / self.split / name, est)
+        return super()._flow_source(flow)
 
     def _ids_to_label(self, raw: np.ndarray, path) -> np.ndarray:
         "Class-id map `raw` `(H,W)` → uint8 label (`void_ids` → 255); ids that are no class are an error naming `path`."
@@ -130,28 +113,13 @@ class FrameSequences(CityscapesVideo):
         p = self.label_paths[(key, n)]
         return self._ids_to_label(read_label(p), p)
 
-    def frame_name(self, key, n) -> str:
-        "The `name` of frame `n` of snippet `key` (default: the file's stem)."
-        return frame_id(self.snippets[key][n])
+    def pseudo_file(self, key, n, kind: str = "label") -> Path:
+        "Path, relative to `pseudo_root`, of the pseudo label (`kind='label'`) or its `'confidence'` of frame `n` of `key`."
+        if kind not in ("label", "confidence"):
+            raise ValueError(f"kind: expected 'label' or 'confidence', got {kind!r}")
+        return Path(self.split, key[0], f"{Path(self.snippets[key][n]).stem}_{kind}.png")
 
-    def _locate(self, index) -> tuple:
-        "Snippet key of item `index` (an int or `(i, seed)`) and, outside sequence mode, its frame."
-        idx = index[0] if isinstance(index, tuple) else index
-        return (list(self.snippets)[idx], None) if self.mode == "sequence" else self.labelled[idx]
-
-    def _finish_item(self, item: dict, key) -> dict:
-        return item
-
-    def __getitem__(self, index):
-        item = super().__getitem__(index)
-        key, f = self._locate(index)
-        if self.mode == "sequence":
-            item["names"] = [self.frame_name(key, n) for n in sorted(self.snippets[key])]
-        else:
-            item["name"] = self.frame_name(key, f)
-        return self._finish_item(item, key)
-
-# %% ../../nbs/data/08_video.ipynb #c015
+# %% ../../nbs/data/08_video.ipynb #c017
 def decode_video(path, out_dir) -> list[Path]:
     """Decode every frame of the video file `path` into `out_dir/{i:06d}.png` and return the paths in order.
     An existing `out_dir` is a complete earlier decode and is reused."""
@@ -187,18 +155,19 @@ def decode_video(path, out_dir) -> list[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
     return sorted(out_dir.glob("*.png"))
 
-# %% ../../nbs/data/08_video.ipynb #c018
+# %% ../../nbs/data/08_video.ipynb #c020
 class Video(FrameSequences):
     """Unlabelled video: a video file (read with `cv2.VideoCapture`), a folder of frames, or a folder of
-    several videos and/or frame folders. Items as `FrameSequences`, without `label`/with `labels` all 255."""
+    several videos and/or frame folders. Items as `FrameSequences`, without `label`/with `labels` all 255 —
+    except, with `pseudo_root`, on the frames that have a pseudo label."""
     layout = ("a video file (" + ", ".join(VIDEO_EXTS) + "), a folder of frames (" + ", ".join(IMAGE_EXTS) +
               "), or a folder of such videos and frame folders")
     every_frame = True
 
     def __init__(self, root, split: str = "", mode: str = "frame", gap: int = 3, random_gap: bool = True,
                  flow: str | None = None, augment=None, cache_dir=None, clip: int | None = 30,
-                 sequences: list[str] | None = None):
-        super().__init__(root, "", mode, gap, random_gap, flow, augment, cache_dir, clip, sequences)
+                 sequences: list[str] | None = None, pseudo_root=None):
+        super().__init__(root, "", mode, gap, random_gap, flow, augment, cache_dir, clip, sequences, pseudo_root)
 
     def default_cache_dir(self) -> Path:
         return self.root.with_name(f"{self.root.stem}_cache") if self.root.is_file() else self.root / "flow_cache"
@@ -221,17 +190,18 @@ class Video(FrameSequences):
         return seqs, {}
 
     def read_label(self, key, n) -> np.ndarray:
-        "All-ignore `(H,W)`: the machinery asks for a label; `_finish_item` drops it again."
+        "All-ignore `(H,W)`: the machinery asks for a label; `_finish_item` drops it again (unless pseudo)."
         return np.full(image_size(self.snippets[key][n]), 255, np.uint8)
 
     def frame_name(self, key, n) -> str:
         return f"{key[0]}/{frame_id(self.snippets[key][n])}"
 
     def _finish_item(self, item, key):
-        item.pop("label", None)
+        if "label" in item and not item["pseudo"]:      # the all-ignore stand-in is no label (DESIGN.md)
+            del item["label"]
         return item
 
-# %% ../../nbs/data/08_video.ipynb #c020
+# %% ../../nbs/data/08_video.ipynb #c022
 def write_fixture(root, size=(24, 32), frames: int = 6) -> Path:
     """Write a tiny folder for `Video`: `root/clip.avi` (MJPG, `frames` frames) and `root/walk/{i}.png`
     (`frames` PNG frames, unpadded names); both show a bright square moving one pixel right per frame."""

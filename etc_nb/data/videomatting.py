@@ -35,13 +35,13 @@ class VideoMatting(FrameSequences):
 
     def __init__(self, root, split: str = "test", mode: str = "frame", gap: int = 3, random_gap: bool = True,
                  flow: str | None = None, augment=None, cache_dir=None, clip: int | None = 30,
-                 sequences: list[str] | None = None, trimap: str = "middle"):
+                 sequences: list[str] | None = None, trimap: str = "middle", pseudo_root=None):
         if split != "test":
             raise ValueError(f"split: the VideoMatting benchmark has one split, 'test'; got {split!r}")
         if trimap not in _LEVELS:
             raise ValueError(f"trimap: expected 'narrow', 'middle' (or 'medium') or 'wide', got {trimap!r}")
         self.trimap = trimap
-        super().__init__(root, split, mode, gap, random_gap, flow, augment, cache_dir, clip, sequences)
+        super().__init__(root, split, mode, gap, random_gap, flow, augment, cache_dir, clip, sequences, pseudo_root)
 
     def _index(self):
         seqs, labels = {}, {}

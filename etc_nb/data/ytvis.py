@@ -57,6 +57,12 @@ class YouTubeVIS(FrameSequences):
     layout = ("root/{split}.json (videos, categories, annotations) + root/{split}/JPEGImages/{video}/{frame:05d}.jpg, "
               "optional root/{split}_all_frames/JPEGImages/{video}/ (YouTube-VIS 2019)")
 
+    def __init__(self, root, split: str = "train", *args, pseudo_root=None, **kw):
+        # labels here are instance maps with per-video ids: class-id pseudo labels cannot stand in for them
+        if pseudo_root is not None:
+            raise ValueError("pseudo_root: YouTube-VIS reads instance masks; pseudo labels are not supported")
+        super().__init__(root, split, *args, **kw)
+
     def _index(self):
         ann_file, img_dir = self.root / f"{self.split}.json", self.root / self.split / "JPEGImages"
         for p in (ann_file, img_dir):
