@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 
 from .data import get_dataset
 from .losses import upsample_like
-from .metrics import confusion_matrix, iou_from_confusion, mean_tc, miou, pixel_accuracy, temporal_consistency
+from .metrics import _nanmean, confusion_matrix, iou_from_confusion, mean_tc, miou, pixel_accuracy, temporal_consistency
 
 # %% auto #0
-__all__ = ['predict', 'evaluate']
+__all__ = ['predict', 'default_flows', 'evaluate']
 
 # %% ../nbs/06_evaluate.ipynb #c005
 @torch.inference_mode()
@@ -28,14 +28,28 @@ def predict(model, frames: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     return torch.cat(preds)
 
 # %% ../nbs/06_evaluate.ipynb #c006
-def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_classes: int = 19,
-             flows=("gt", "dis"), batch_size: int = 8, progress: bool = True) -> dict:
+def default_flows(dataset: str) -> tuple[str, ...]:
+    "Flow sources TC is measured with by default: ground truth and DIS on the synthetic benchmark, DIS elsewhere."
+    return ("gt", "dis") if dataset == "synthetic" else ("dis",)
+
+def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_classes: int | None = None,
+             flows=None, batch_size: int = 8, progress: bool = True) -> dict:
     """Evaluate `model` on every sequence of `dataset` at `root`/`split`.
 
-    Returns a dict: `mIoU`, `pixel_acc` (percent, over all labelled frames), `TC_<flow>` for each
-    flow source in `flows` (percent, Eq. 5–6: averaged per sequence, then over sequences),
-    `per_class_iou` `(K,)`, `n_sequences`, `n_frames` and `fps` (inference only)."""
+    `num_classes`: the model's class count (default: the dataset's); `flows`: flow sources for TC
+    (default `default_flows(dataset)`). Returns a dict: `mIoU` (percent, over all labelled frames, without the
+    dataset's `ignore_in_miou` classes), `mIoU_all` (over every class), `pixel_acc`, `TC_<flow>` for each flow
+    source (percent, Eq. 5–6: averaged per sequence, then over sequences), `per_class_iou` `(K,)` (percent),
+    `ignore_in_miou`, `n_sequences`, `n_frames` and `fps` (inference only)."""
     ds = get_dataset(dataset, root, split, mode="sequence")
+    k = getattr(ds, "num_classes", 0)
+    if num_classes is None:
+        if not k:
+            raise ValueError(f"num_classes: dataset {dataset!r} has no class list; give the model's class count")
+        num_classes = k
+    elif k and k != num_classes:
+        raise ValueError(f"num_classes={num_classes}, but dataset {dataset!r} at {root} has {k} classes")
+    flows = default_flows(dataset) if flows is None else tuple(flows)
     # one reader per flow source, used only for its flows (frames and labels come from `ds`)
     flow_sets = {src: get_dataset(dataset, root, split, mode="sequence", flow=src) for src in flows}
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -51,8 +65,10 @@ def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_cl
         cm += confusion_matrix(preds[lab], item["labels"][lab], num_classes)
         for src, fds in flow_sets.items():
             tcs[src].append(temporal_consistency(preds, fds.forward_flows(key), num_classes))
-    res = {"mIoU": miou(cm), "pixel_acc": pixel_accuracy(cm)}
+    iou, ignore = iou_from_confusion(cm), sorted(getattr(ds, "ignore_in_miou", ()))
+    kept = torch.tensor([c not in ignore for c in range(num_classes)])
+    res = {"mIoU": 100 * _nanmean(iou[kept]), "mIoU_all": miou(cm), "pixel_acc": pixel_accuracy(cm)}
     res.update({f"TC_{src}": mean_tc(v) for src, v in tcs.items()})
-    res.update(per_class_iou=iou_from_confusion(cm).numpy() * 100, n_sequences=len(ds), n_frames=n_frames,
+    res.update(per_class_iou=iou.numpy() * 100, ignore_in_miou=ignore, n_sequences=len(ds), n_frames=n_frames,
                fps=n_frames / max(infer_s, 1e-9))
     return res

@@ -29,12 +29,14 @@ def upsample_like(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def segmentation_loss(out: dict, label: torch.Tensor, aux_weight: float = 0.4,
                       ignore_index: int = 255) -> torch.Tensor:
     """Cross-entropy of `out['logits']` `(B,C,h,w)` against `label` `(B,H,W)` int64, plus
-    `aux_weight` × the cross-entropy of `out['aux']` when the model returned one (training mode)."""
+    `aux_weight` × the cross-entropy of `out['aux']` when the model returned one (training mode):
+    one `(B,C,h',w')` tensor, or a tuple of them (several auxiliary heads, each weighted `aux_weight`)."""
     size = label.shape[-2:]
     loss = F.cross_entropy(upsample_like(out["logits"], size), label, ignore_index=ignore_index)
     if "aux" in out and aux_weight:
-        loss = loss + aux_weight * F.cross_entropy(upsample_like(out["aux"], size), label,
-                                                   ignore_index=ignore_index)
+        aux = out["aux"] if isinstance(out["aux"], (tuple, list)) else (out["aux"],)
+        for a in aux:
+            loss = loss + aux_weight * F.cross_entropy(upsample_like(a, size), label, ignore_index=ignore_index)
     return loss
 
 # %% ../nbs/03_losses.ipynb #c010

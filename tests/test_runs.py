@@ -13,7 +13,7 @@ COLUMNS = {"scheme", "seed", "model", "mIoU", "pixel_acc", "TC_gt", "TC_dis", "p
 def _check_results(out: Path, seeds: int):
     df = pd.read_csv(out / "results.csv")
     assert COLUMNS <= set(df.columns)
-    assert len(df) == 2 * seeds and set(df.scheme) == {"baseline", "tl"}
+    assert len(df) == 2 * seeds and set(df.scheme) == {"baseline", "tl+rs"}
     assert df[["mIoU", "TC_gt", "TC_dis"]].apply(lambda c: c.between(0, 100)).all().all()
     md = (out / "results.md").read_text()
     assert "baseline" in md and "±" in md
@@ -47,5 +47,5 @@ def test_carphone_real_video_notebook(tmp_path):
     pm.execute_notebook(str(NBS / "runs" / "carphone.ipynb"), str(tmp_path / "carphone_out.ipynb"),
                         parameters=dict(out=str(out), seeds=1, steps=2), progress_bar=False)
     df = pd.read_csv(out / "results.csv")
-    assert set(df.scheme) == {"baseline", "tl"} and df[["mIoU", "TC_dis"]].apply(lambda c: c.between(0, 100)).all().all()
+    assert set(df.scheme) == {"baseline", "tl+rs"} and df[["mIoU", "TC_dis"]].apply(lambda c: c.between(0, 100)).all().all()
     assert (out / "side_by_side.mp4").stat().st_size > 0 and (out / "flicker.png").exists()
