@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -46,15 +48,24 @@ def load_model(checkpoint=None, model: str | None = None, num_classes: int | Non
 # %% ../nbs/11_infer.ipynb #c011
 @contextlib.contextmanager
 def _quiet_exporter():
-    "Silence the ONNX exporter's warnings and progress lines while it runs."
+    """Silence the ONNX exporters while they run: warnings, progress lines, and the TorchScript exporter's dump
+    of the whole graph when it gives up, which C++ code writes to the process's stdout file descriptor (so
+    `contextlib.redirect_stdout` alone does not catch it)."""
     log = logging.getLogger("torch.onnx")
     level = log.level
     log.setLevel(logging.ERROR)
+    sys.stdout.flush(); sys.stderr.flush()
+    saved, devnull = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1); os.dup2(devnull, 2)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)
         log.setLevel(level)
 
 def onnx_bytes(model: nn.Module, size: tuple[int, int], batch: int = 1) -> bytes:
