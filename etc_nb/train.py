@@ -8,14 +8,18 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .data import get_dataset
@@ -26,7 +30,8 @@ from .models import create_model
 
 # %% auto #0
 __all__ = ['SCHEME_TERMS', 'NEIGHBOUR_TERMS', 'DISTILL_TERMS', 'parse_scheme', 'TrainConfig', 'batch_keys', 'poly_lr',
-           'load_checkpoint', 'load_teacher', 'training_set', 'collate', 'training_loss', 'TrainState', 'train']
+           'load_checkpoint', 'load_teacher', 'training_set', 'collate', 'training_loss', 'distributed',
+           'CPUSyncBatchNorm', 'sync_batchnorm', 'TrainState', 'train']
 
 # %% ../nbs/05_train.ipynb #c006
 SCHEME_TERMS = {                         # the terms a scheme may combine with '+'; 'baseline' has none
@@ -203,14 +208,29 @@ def _labelled_first(out: dict, B: int, F: int) -> dict:
     return {k: tuple(map(first, v)) if isinstance(v, (tuple, list)) else first(v)
             for k, v in out.items() if k in ("logits", "aux")}
 
-def training_loss(model, batch: dict, cfg: TrainConfig, terms=None, teacher=None, mf: MFDistill | None = None) -> dict:
+def _global_ce(ce: torch.Tensor, label: torch.Tensor, world: int, ignore_index: int = 255) -> torch.Tensor:
+    """This rank's `ce` (a mean over the labelled pixels of its `label` `(B,H,W)`) times `world` × its share of
+    the global batch's labelled pixels: averaged over the ranks, the CE of the global batch."""
+    n = (label != ignore_index).sum()
+    total = n.clone()
+    dist.all_reduce(total)
+    # a shard without labelled pixels has CE 0/0 = nan and adds nothing (nan_to_num passes it no gradient)
+    return torch.nan_to_num(ce) * (n.double() * world / total.double()).to(ce.dtype)
+
+def training_loss(model, batch: dict, cfg: TrainConfig, terms=None, teacher=None, mf: MFDistill | None = None,
+                  shard: tuple[int, int] = (0, 1)) -> dict:
     """Forward one batch and return the loss terms of `terms` (default `cfg.terms`): `loss` (their weighted sum,
     paper Eq. 1, with gradient), `ce` and, per term, its unweighted value (detached): `tl`, `pf`, `mf` and
     `mf_reg`, `sf`.
 
     `batch`: `image` `(B,3,H,W)` and `label` `(B,H,W)`; with a neighbour term, `frames` `(B,3,3,H,W)`
     (before, labelled, after) and for `tl` `flows` `(B,2,2,H,W)` (labelled → before, labelled → after).
-    `teacher`: the frozen teacher (`load_teacher`), needed by pf, mf, sf; `mf`: the `MFDistill` module."""
+    `teacher`: the frozen teacher (`load_teacher`), needed by pf, mf, sf; `mf`: the `MFDistill` module.
+    `shard`: `(rank, world)` when `batch` is this process's items `rank::world` of a global batch of `B·world`
+    (distributed training, in a process group): the triplet sides are drawn for the global batch and `ce` is
+    weighted so that the mean over the ranks of `loss` is the loss of the global batch (section
+    *Distributed data parallel*)."""
+    rank, world = shard
     terms = cfg.terms if terms is None else frozenset(terms)
     if terms & DISTILL_TERMS and teacher is None:
         raise ValueError(f"terms {sorted(terms & DISTILL_TERMS)} need a teacher (see load_teacher)")
@@ -220,7 +240,9 @@ def training_loss(model, batch: dict, cfg: TrainConfig, terms=None, teacher=None
     if terms & NEIGHBOUR_TERMS:
         frames, ar = batch["frames"], torch.arange(B)
         # the triplet index (0 before, 2 after) of each of the n neighbours tl and pf use
-        sides = torch.tensor([[0, 2]]).expand(B, 2) if cfg.neighbours == 2 else torch.randint(0, 2, (B, 1)) * 2
+        # with neighbours=1, every rank draws the sides of the whole global batch (one RNG stream, as a single process)
+        sides = (torch.tensor([[0, 2]]).expand(B, 2) if cfg.neighbours == 2
+                 else torch.randint(0, 2, (B * world, 1))[rank::world] * 2)
         n = sides.shape[1]
         order = [torch.ones(B, 1, dtype=torch.long), sides]      # triplet indices of the frames to forward
         if "mf" in terms and n == 1:
@@ -232,6 +254,8 @@ def training_loss(model, batch: dict, cfg: TrainConfig, terms=None, teacher=None
     F = clip.shape[1]
     out = model(clip.flatten(0, 1))
     ce = segmentation_loss(_labelled_first(out, B, F), batch["label"], cfg.aux_weight)
+    if world > 1:
+        ce = _global_ce(ce, batch["label"], world)
     split = lambda z: z.unflatten(0, (B, F))
     logits, terms_out = split(out["logits"]), {}
     if "tl" in terms:
@@ -258,36 +282,151 @@ def training_loss(model, batch: dict, cfg: TrainConfig, terms=None, teacher=None
     return {"loss": loss, "ce": ce.detach(), **{k: v.detach() for k, v in terms_out.items()}}
 
 # %% ../nbs/05_train.ipynb #c028
+@contextmanager
+def distributed(device=None):
+    """Yield `(rank, world, device)` of this training process.
+
+    Launched by `torchrun` (env `WORLD_SIZE`, `RANK`, `LOCAL_RANK`) or inside an initialised process group: joins the
+    group, initialising it (NCCL on CUDA, else gloo) and destroying it on exit unless it existed. `device` None:
+    `cuda:LOCAL_RANK` when CUDA is available, else the CPU. Otherwise a single process: `(0, 1, device or cpu)`."""
+    if "WORLD_SIZE" not in os.environ and not dist.is_initialized():
+        yield 0, 1, torch.device(device or "cpu")
+        return
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    created = not dist.is_initialized()
+    if created:
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+# %% ../nbs/05_train.ipynb #c032
+class _AllReduceSum(torch.autograd.Function):
+    "Sum over the ranks, differentiable: the gradient of a sum every rank uses is the sum of the ranks' gradients."
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` `(B,C,H,W)` that, in training inside a process group, normalises with the statistics of
+    the batches of all ranks, on any device (torch's `SyncBatchNorm` is GPU-only). Otherwise a plain BatchNorm2d."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        C, dims, shape = x.shape[1], (0, 2, 3), (1, -1, 1, 1)
+        s = _AllReduceSum.apply(torch.cat([x.sum(dims), x.new_tensor([x.numel() // C])]))
+        count = s[C].item()
+        if count < 2:
+            raise ValueError(f"CPUSyncBatchNorm: expected more than 1 value per channel over all ranks, got {count:.0f}")
+        mean = s[:C] / count
+        xc = x - mean.view(shape)
+        var = _AllReduceSum.apply((xc * xc).sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                f = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean, f)
+                self.running_var.lerp_(var * count / (count - 1), f)
+        y = xc * (var + self.eps).rsqrt().view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+def sync_batchnorm(model: nn.Module, device) -> nn.Module:
+    """`model` with its batch norms synchronised over the process group: torch's `SyncBatchNorm` on CUDA,
+    `CPUSyncBatchNorm` elsewhere. The new layers take over the parameters and buffers (same state-dict keys)."""
+    if torch.device(device).type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, CPUSyncBatchNorm):
+            bn = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                setattr(bn, k, getattr(child, k))
+            setattr(model, name, bn.train(child.training))
+        else:
+            sync_batchnorm(child, device)
+    return model
+
+# %% ../nbs/05_train.ipynb #c038
+class _Replica(nn.Module):
+    "What DDP wraps: the trained modules (`model`, `mf`); `forward(batch)` is `training_loss` of this rank's shard."
+    def __init__(self, cfg: TrainConfig, model: nn.Module, mf: MFDistill | None, teacher: nn.Module | None,
+                 shard: tuple[int, int]):
+        super().__init__()
+        self.model, self.mf, self.cfg, self.shard = model, mf, cfg, shard
+        vars(self)["teacher"] = teacher                     # a plain attribute, not a submodule
+
+    def forward(self, batch: dict) -> dict:
+        return training_loss(self.model, batch, self.cfg, teacher=self.teacher, mf=self.mf, shard=self.shard)
+
+# %% ../nbs/05_train.ipynb #c040
 @dataclass
 class TrainState:
     """The objects a run trains with: `model` (the student, training mode), `opt` (SGD over the student and the MF
-    ConvLSTM), `teacher` (frozen, eval mode; None without pf/mf/sf), `mf` (`MFDistill`; None without 'mf')."""
+    ConvLSTM), `teacher` (frozen, eval mode; None without pf/mf/sf), `mf` (`MFDistill`; None without 'mf'); in a
+    distributed run, `shard` = `(rank, world)` and `ddp`, the `DistributedDataParallel` that trains `model` and `mf`."""
     cfg: TrainConfig
     model: nn.Module
     opt: torch.optim.Optimizer
     teacher: nn.Module | None = None
     mf: MFDistill | None = None
+    shard: tuple[int, int] = (0, 1)
+    ddp: DistributedDataParallel | None = None
 
     @classmethod
-    def create(cls, cfg: TrainConfig) -> "TrainState":
-        "Build the state of step 0 of `cfg` (deterministic: seeds the torch RNG with `cfg.seed`)."
+    def create(cls, cfg: TrainConfig, device="cpu", shard: tuple[int, int] = (0, 1)) -> "TrainState":
+        """Build the state of step 0 of `cfg` on `device` (deterministic: seeds the torch RNG with `cfg.seed`).
+        `shard`: `(rank, world)` of this process in the process group of a distributed run."""
         teacher = load_teacher(cfg.teacher, cfg.num_classes) if cfg.terms & DISTILL_TERMS else None
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained).train()
         mf = MFDistill(pool=cfg.mf_pool) if "mf" in cfg.terms else None
+        if shard[1] > 1:
+            model = sync_batchnorm(model, device)
+        for m in (model, mf, teacher):
+            if m is not None:
+                m.to(device)
         groups = [{"params": list(model.parameters())}] + ([{"params": list(mf.parameters())}] if mf else [])
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return cls(cfg, model, opt, teacher, mf)
+        ddp = None
+        if shard[1] > 1:
+            # static_graph: DDP learns in the first step which parameters the loss leaves unused, instead of waiting
+            # for their gradients
+            ddp = DistributedDataParallel(_Replica(cfg, model, mf, teacher, shard), static_graph=True,
+                                          device_ids=[device] if torch.device(device).type == "cuda" else None)
+        return cls(cfg, model, opt, teacher, mf, shard, ddp)
 
     def step(self, batch: dict) -> dict[str, float]:
-        "One SGD step on `batch` (`collate`d training items); returns the loss terms as floats."
-        losses = training_loss(self.model, batch, self.cfg, teacher=self.teacher, mf=self.mf)
+        """One SGD step on `batch` (`collate`d training items; in a distributed run, this rank's shard); returns the
+        loss terms as floats (in a distributed run, the global batch's: the mean over the ranks)."""
+        if self.ddp is None:
+            losses = training_loss(self.model, batch, self.cfg, teacher=self.teacher, mf=self.mf)
+        else:
+            losses = self.ddp(batch)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.opt.step()
         if self.mf is not None:
             self.mf.clip_()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        values = torch.stack([v.detach() for v in losses.values()])
+        if self.ddp is not None:
+            dist.all_reduce(values)
+            values /= self.shard[1]
+        return dict(zip(losses, values.tolist()))
 
     def state_dict(self) -> dict:
         "The trained state: `model`, `optimizer` and, with 'mf', `mf` (the ConvLSTM)."
@@ -299,58 +438,80 @@ class TrainState:
         if self.mf is not None:
             self.mf.load_state_dict(sd["mf"])
 
-# %% ../nbs/05_train.ipynb #c029
+# %% ../nbs/05_train.ipynb #c041
 def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, device=None) -> Path:
     """Train per `cfg`, writing `out_dir/last.pt`, `config.json` and `train_log.csv` (one row per epoch: `epoch`,
     `step`, `lr`, `seconds` and the epoch's mean of `loss`, `ce` and each term of the scheme).
 
     Resumes from `out_dir/last.pt` when it exists and `resume` is True. `stop_after`: stop (with a
-    checkpoint) after that many steps in total, e.g. to split a run. Returns the checkpoint path."""
+    checkpoint) after that many steps in total, e.g. to split a run. `device`: where to train (default: the CPU;
+    under `torchrun`, `cuda:LOCAL_RANK` when there are GPUs). Launched by `torchrun`, trains data-parallel: each
+    process on its share of every batch of `batch_size` items (section *Distributed data parallel*).
+    Returns the checkpoint path."""
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "last.pt"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    state = TrainState.create(cfg)
-    # elapsed: training seconds of earlier sessions; running: losses of the current, unfinished epoch
-    step, history, elapsed, running = 0, [], 0.0, []
-    if resume and ckpt_path.is_file():
-        ckpt = load_torch(ckpt_path, "etc_nb checkpoint", weights_only=False)
-        if TrainConfig.from_dict(ckpt["config"]) != cfg:
-            raise ValueError(f"{ckpt_path}: was written with another config; use a new out_dir or resume=False")
-        state.load_state_dict(ckpt)
-        torch.set_rng_state(ckpt["rng"])
-        step, history, elapsed, running = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["running"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "config.json", json.dumps(asdict(cfg), indent=1))
-    ds = training_set(cfg)
-    steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
-    end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
+    with distributed(device) as (rank, world, device):
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size={cfg.batch_size} is the global batch, split evenly over the {world} processes "
+                             f"of this launch: use a multiple of {world}")
+        had_ckpt = ckpt_path.is_file()          # read before rank 0 may write it
+        state = TrainState.create(cfg, device, (rank, world))
+        # elapsed: training seconds of earlier sessions; running: losses of the current, unfinished epoch
+        step, history, elapsed, running = 0, [], 0.0, []
+        if resume and had_ckpt:
+            ckpt = load_torch(ckpt_path, "etc_nb checkpoint", weights_only=False)
+            if TrainConfig.from_dict(ckpt["config"]) != cfg:
+                raise ValueError(f"{ckpt_path}: was written with another config; use a new out_dir or resume=False")
+            state.load_state_dict(ckpt)
+            torch.set_rng_state(ckpt["rng"])
+            if device.type == "cuda" and "cuda_rng" in ckpt:     # dropout on a GPU draws from its own generator
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+            step, history, elapsed, running = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["running"]
+        if world > 1:
+            steps = [None] * world
+            dist.all_gather_object(steps, step)
+            if len(set(steps)) > 1:
+                raise ValueError(f"{ckpt_path}: the processes resume from different steps {steps}; out_dir must be on "
+                                 "a file system every process sees")
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(out_dir / "config.json", json.dumps(asdict(cfg), indent=1))
+        ds = training_set(cfg)
+        steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
+        start, end = step, cfg.steps if stop_after is None else min(stop_after, cfg.steps)
 
-    def save():
-        atomic_save({**state.state_dict(), "step": step, "config": json.loads(json.dumps(asdict(cfg))),
-                     "rng": torch.get_rng_state(), "history": history, "running": running,
-                     "elapsed": elapsed + time.time() - t0, "done": step >= cfg.steps}, ckpt_path)
-        if history:
-            atomic_write(out_dir / "train_log.csv", pd.DataFrame(history).to_csv(index=False))
+        def save():
+            if rank == 0:
+                cuda_rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
+                atomic_save({**state.state_dict(), "step": step, "config": json.loads(json.dumps(asdict(cfg))),
+                             "rng": torch.get_rng_state(), **cuda_rng, "history": history, "running": running,
+                             "elapsed": elapsed + time.time() - t0, "done": step >= cfg.steps}, ckpt_path)
+                if history:
+                    atomic_write(out_dir / "train_log.csv", pd.DataFrame(history).to_csv(index=False))
+            if world > 1:                       # no process goes on, or returns, before the checkpoint is complete
+                dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
-    t0 = time.time()
-    bar = tqdm(range(step, end), initial=step, total=cfg.steps, desc=f"{cfg.scheme} s{cfg.seed}",
-               disable=not progress, leave=False)
-    for step in bar:
-        batch = collate([ds[k] for k in batch_keys(len(ds), cfg.batch_size, cfg.seed, step)])
-        for g in state.opt.param_groups:
-            g["lr"] = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
-        running.append(state.step(batch))
-        bar.set_postfix(loss=f"{running[-1]['loss']:.3f}")
-        step += 1
-        if step % steps_per_epoch == 0 or step == cfg.steps:
-            row = {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": poly_lr(cfg.lr, step - 1, cfg.steps, cfg.poly_power),
-                   "seconds": elapsed + time.time() - t0}
-            row.update({k: float(np.mean([r[k] for r in running])) for k in running[0]})
-            history.append(row); running = []
-        if step % cfg.ckpt_every == 0 or step == end:
+        t0 = time.time()
+        bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{cfg.scheme} s{cfg.seed}",
+                   disable=not progress or rank > 0, leave=False)
+        for step in bar:
+            keys = batch_keys(len(ds), cfg.batch_size, cfg.seed, step)[rank::world]     # this process's shard
+            batch = {k: v.to(device) for k, v in collate([ds[k] for k in keys]).items()}
+            for g in state.opt.param_groups:
+                g["lr"] = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
+            running.append(state.step(batch))
+            bar.set_postfix(loss=f"{running[-1]['loss']:.3f}")
+            step += 1
+            if step % steps_per_epoch == 0 or step == cfg.steps:
+                row = {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": poly_lr(cfg.lr, step - 1, cfg.steps, cfg.poly_power),
+                       "seconds": elapsed + time.time() - t0}
+                row.update({k: float(np.mean([r[k] for r in running])) for k in running[0]})
+                history.append(row); running = []
+            if step % cfg.ckpt_every == 0 or step == end:
+                save()
+        if start >= end and not had_ckpt:      # nothing left to train (e.g. steps=0) still leaves a checkpoint
             save()
-    if not ckpt_path.is_file():          # nothing left to train (e.g. steps=0) still leaves a checkpoint
-        save()
     return ckpt_path
