@@ -86,8 +86,8 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
     colour overlay video `out` (mp4 or avi; same size and rate as the input) and, with `labels_dir`, one
     label PNG per frame (`000000.png`, … class ids).
 
-    Returns a dict: `frames`, `fps` (inference only: frames / seconds in the predictor), `fps_total` (whole
-    loop), and with `flow` (a `get_flow_estimator` name) `TC` (percent, pair mode) and `per_pair_tc`."""
+    Returns a dict: `frames`, `fps` (inference only: frames / seconds in the predictor, from the second frame
+    on, since the first includes the fast path's export), `fps_total` (whole loop, export included), and with `flow` (a `get_flow_estimator` name) `TC` (percent, pair mode) and `per_pair_tc`."""
     out = Path(out)
     if out.suffix.lower() not in (".mp4", ".avi"):
         raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
@@ -107,7 +107,8 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
         for n, frame in enumerate(tqdm(frames, total=count, desc="segment", disable=not progress, unit="frame")):
             t = time.perf_counter()
             logits = predictor(to_tensor(frame)[None])
-            infer_s += time.perf_counter() - t
+            if n:                     # the first call includes the fast path's one-off export: not timed
+                infer_s += time.perf_counter() - t
             num_classes = logits.shape[1]
             label = upsample_like(logits, frame.shape[:2]).argmax(1)[0]
             if writer is None:
@@ -136,7 +137,7 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
         video_tmp.unlink(missing_ok=True)
         if labels_tmp is not None:
             shutil.rmtree(labels_tmp, ignore_errors=True)
-    res = {"frames": n + 1, "fps": (n + 1) / max(infer_s, 1e-9), "fps_total": (n + 1) / (time.perf_counter() - t0)}
+    res = {"frames": n + 1, "fps": n / infer_s if n else float("nan"), "fps_total": (n + 1) / (time.perf_counter() - t0)}
     if estimator is not None and cms:
         tc = tc_from_confusions(torch.stack(cms), per_class=True)
         res.update(TC=tc["TC"], per_pair_tc=tc["per_pair_tc"])
