@@ -1,0 +1,159 @@
+"""The ablation notebooks (paper Tables I-III) run end to end with papermill on a tiny benchmark, share their
+teachers, and write a table that the command in its header reproduces; the driver resumes, extends and
+keeps teachers of different settings apart."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+import torch
+
+from etc_nb.ablation import TABLES, Arm, ablation_base, run_ablation, run_table
+from etc_nb.data.synthetic import generate_benchmark
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(n_train=2, n_val=1, frames=5, size=[32, 64])
+# every notebook parameter that differs from its default: one step per run, one seed, a 32x64 benchmark, and
+# MobileNetV2 PSPNets as students and teachers (4x smaller checkpoints than the defaults PSPNet18/50, the
+# same code path; test_schemes distils across architectures)
+SMALL = "pspnet_mbv2"
+PARAMS = dict(bench=TINY, steps=1, teacher_steps=1, seeds=1, crop=[32, 48], batch_size=2, model=SMALL,
+              teacher_model=SMALL)
+METRICS = ["mIoU", "pixel_acc", "TC_gt", "TC_dis"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    "Kernels inherit the environment: one torch thread each (2 threads spin-wait on a loaded 2-core machine)."
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory, one_thread):
+    "Run the three notebooks (I, III, II: III reuses I's teacher) into one folder, sharing the teacher cache."
+    tmp = tmp_path_factory.mktemp("ablation")
+    for name in ("table1", "table3", "table2"):
+        pm.execute_notebook(str(REPO / "nbs" / "runs" / f"{name}.ipynb"), str(tmp / f"{name}_out.ipynb"),
+                            parameters=dict(out=str(tmp / name), root=str(tmp / "bench"),
+                                            teacher_dir=str(tmp / "teachers"), **PARAMS),
+                            progress_bar=False, cwd=str(REPO))
+    return tmp
+
+
+@pytest.mark.parametrize("name", ["table1", "table2", "table3"])
+def test_notebook_writes_its_table(tables, name):
+    arms = TABLES[name]
+    df = pd.read_csv(tables / name / "results.csv", keep_default_na=False)
+    assert list(df["row"]) == [a.name for a in arms]                    # teacher rows (Table III) come first
+    assert list(df["scheme"]) == [a.scheme for a in arms]
+    assert df[METRICS].apply(lambda c: c.between(0, 100)).all().all()
+    assert set(df["model"]) == {SMALL} and (df["lam_mf"] == 10).all()      # the CPU benchmark's weights
+    assert (df["steps"] == 1).all() and (df["seed"] == 0).all()
+    assert list(df["paper_TC"]) == [a.paper[1] for a in arms]
+    md = (tables / name / "results.md").read_text()
+    assert md.startswith(f"Produced by `papermill nbs/runs/{name}.ipynb ")
+    header = "| row | scheme | teacher | seeds | mIoU | pixel_acc | TC_gt | TC_dis | train_s | paper mIoU | paper TC |"
+    lines = md.splitlines()
+    start = lines.index(header)
+    assert [ln.split(" | ")[0][2:] for ln in lines[start + 2:]] == [a.name for a in arms]
+    assert (tables / name / "results.png").stat().st_size > 10_000
+    executed = (tables / f"{name}_out.ipynb").read_text()
+    assert "Produced by" in executed and "image/png" in executed          # the table and the plot are shown
+
+
+def test_teachers_are_trained_once_and_shared(tables):
+    folders = sorted(p.name for p in (tables / "teachers").iterdir())
+    assert len(folders) == 2 and re.fullmatch(r"pspnet_mbv2_baseline_[0-9a-f]{10}", folders[0]), folders
+    assert folders[1].startswith("pspnet_mbv2_tl+rs_")
+    # Table I's PF run distilled from the same checkpoint as Table III's student of the TL teacher
+    cfg = lambda t, run: (tables / t / "runs" / run / "config.json").read_text()
+    teacher_of = lambda t, run: re.search(r'"teacher": "([^"]+)"', cfg(t, run))[1]
+    assert teacher_of("table1", "pf_seed0") == teacher_of("table3", "student_teacher_ce+tl_seed0")
+    assert teacher_of("table3", "student_teacher_ce_seed0") != teacher_of("table3", "student_teacher_ce+tl_seed0")
+    # only the TL teacher labels frames (PL rows of Tables I and II), once: 2 snippets x 4 unlabelled frames
+    pl = list((tables / "teachers").glob("*/pseudo_labels/gtFine/train/*/*_labelTrainIds.png"))
+    assert len(pl) == 8 and all(folders[1] in str(p) for p in pl)
+
+
+def test_the_recorded_command_reproduces_the_table_without_training(tables, one_thread):
+    md = (tables / "table2" / "results.md").read_text()
+    command = re.match(r"Produced by `(.+?)`\.", md)[1]
+    mkdir, papermill = command.split(" && ")
+    assert shlex.split(mkdir) == ["mkdir", "-p", str(tables / "table2" / "runs")]
+    assert shlex.split(papermill)[:3] == ["papermill", "nbs/runs/table2.ipynb", str(tables / "table2/runs/table2.ipynb")]
+    ckpts = {p: p.stat().st_mtime_ns for p in (tables / "table2" / "runs").rglob("last.pt")}
+    before = pd.read_csv(tables / "table2" / "results.csv")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"          # the venv's papermill
+    subprocess.run(command, shell=True, cwd=REPO, check=True, capture_output=True, env={**os.environ, "PATH": path})
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts             # nothing retrained
+    after = pd.read_csv(tables / "table2" / "results.csv")
+    pd.testing.assert_frame_equal(before.drop(columns="fps_eval"), after.drop(columns="fps_eval"))
+    assert (tables / "table2" / "results.md").read_text() == md
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = generate_benchmark(tmp_path_factory.mktemp("bench"), n_train=2, n_val=1, frames=5, size=(32, 64))
+    return ablation_base(root=root, bench=TINY, steps=1, crop=(32, 48), batch_size=2, model=SMALL)
+
+
+def test_run_ablation_resumes_extends_and_tabulates(base, tmp_path):
+    arms = (Arm("TL", "tl+rs", paper=(70.67, 70.46)), Arm("baseline", "baseline"))
+    one = run_ablation(tmp_path, arms, base, seeds=1, teacher_model=SMALL, teacher_steps=1, progress=False)
+    ckpts = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
+    assert sorted(p.parent.name for p in ckpts) == ["baseline_seed0", "tl_seed0"]
+    two = run_ablation(tmp_path, arms, base, seeds=2, teacher_model=SMALL, teacher_steps=1, command="cmd x",
+                       progress=False)
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts             # seed 0 is only re-evaluated
+    assert list(zip(two["row"], two["seed"])) == [("TL", 0), ("baseline", 0), ("TL", 1), ("baseline", 1)]
+    pd.testing.assert_frame_equal(one.drop(columns="fps_eval"), two.iloc[:2].drop(columns="fps_eval"))
+    assert not (tmp_path / "runs" / "teachers").exists()                 # no row needed a teacher
+    # the markdown table: mean ± population std over the seeds, recomputed here from the csv
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[0] == "Produced by `cmd x`."
+    start = md.index("| row | scheme | teacher | seeds | mIoU | pixel_acc | TC_gt | TC_dis | train_s | paper mIoU | paper TC |")
+    assert md[start + 1] == "|" + "---|" * 11
+    cells = {(c := ln[2:-2].split(" | "))[0]: c for ln in md[start + 2:]}
+    assert list(cells) == ["TL", "baseline"]
+    for row, c in cells.items():
+        g = two[two["row"] == row]
+        assert c[1:4] == [g["scheme"].iloc[0], "", "2"]
+        for m, cell in zip(METRICS, c[4:8]):
+            assert cell == f"{round(np.mean(g[m]), 2)} ± {round(np.std(g[m]), 2)}"
+    assert cells["TL"][-2:] == ["70.67", "70.46"] and cells["baseline"][-2:] == ["", ""]
+
+
+def test_teachers_of_other_settings_are_kept_apart(base, tmp_path):
+    arms = (Arm("teacher", "baseline", role="teacher"),)
+    kw = dict(seeds=1, teacher_model=SMALL, teacher_dir=tmp_path / "t", progress=False)
+    a = run_ablation(tmp_path / "a", arms, base, teacher_steps=1, **kw)
+    b = run_ablation(tmp_path / "b", arms, base, teacher_steps=2, **kw)
+    assert len(list((tmp_path / "t").iterdir())) == 2 and list(a["steps"]) == [1] and list(b["steps"]) == [2]
+    assert list(a["seed"]) == [0] and list(a["role"]) == ["teacher"]
+
+
+def test_errors(base, tmp_path):
+    with pytest.raises(ValueError, match="table: expected one of"):
+        run_table("table4", tmp_path)
+    with pytest.raises(ValueError, match="seeds: expected a positive"):
+        run_ablation(tmp_path, TABLES["table2"], base, seeds=0)
+    with pytest.raises(ValueError, match="repeated"):
+        run_ablation(tmp_path, [Arm("TL", "tl"), Arm("TL", "tl+rs")], base)
+    with pytest.raises(ValueError, match="teacher_steps: required"):
+        run_table("table1", tmp_path, dataset="cityscapes", root=tmp_path)
+
+
+def test_table_ii_pairs_differ_only_by_random_sampling():
+    arms = TABLES["table2"]
+    for off, on in zip(arms[::2], arms[1::2]):
+        assert on.scheme == off.scheme + "+rs" and on.name == off.name + "+RS"
