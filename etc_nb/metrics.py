@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import torch
 
-from .warp import sample_coords, warp
+from .warp import _use_remap, warp_labels
 
 # %% auto #0
-__all__ = ['confusion_matrix', 'iou_from_confusion', 'miou', 'pixel_accuracy', 'per_class_iou', 'SegMetrics', 'pair_confusions',
-           'tc_from_confusions', 'temporal_consistency', 'mean_tc']
+__all__ = ['TC_BACKENDS', 'confusion_matrix', 'iou_from_confusion', 'miou', 'pixel_accuracy', 'per_class_iou', 'SegMetrics',
+           'pair_confusions', 'tc_from_confusions', 'temporal_consistency', 'mean_tc']
 
 # %% ../nbs/04_metrics.ipynb #c006
 def _as_labels(x, name: str) -> torch.Tensor:
@@ -33,8 +35,10 @@ def _check_ids(x: torch.Tensor, num_classes: int, name: str, ignore_index: int |
     Returns True when all ids are in `[0, num_classes)`, so callers can skip looking for `ignore_index`."""
     if x.numel() == 0:
         return True
-    lo, hi = torch.aminmax(x)
-    if lo >= 0 and hi < num_classes:  # the common case costs one pass
+    # The common case costs one pass; on the CPU numpy's single-threaded min/max, which unlike a torch parallel
+    # reduction never waits for a second thread that a shared machine has descheduled.
+    lo, hi = (x.numpy().min(), x.numpy().max()) if x.device.type == "cpu" else torch.aminmax(x)
+    if lo >= 0 and hi < num_classes:
         return True
     bad = (x < 0) | (x >= num_classes)
     if ignore_index is not None:
@@ -124,21 +128,15 @@ class SegMetrics:
 
 # %% ../nbs/04_metrics.ipynb #c027
 def _encode(preds: torch.Tensor, num_classes: int, ignore_index: int | None, dtype: torch.dtype) -> torch.Tensor:
-    "A `dtype` copy of the label maps `preds` with `ignore_index` re-coded to `num_classes`."
+    "`preds` as contiguous `dtype` with `ignore_index` re-coded to `num_classes`: `preds` itself when nothing changes."
     in_range = _check_ids(preds, num_classes, "preds", ignore_index)
-    codes = preds.to(dtype, copy=True)
-    if ignore_index is not None and (0 <= ignore_index < num_classes or not in_range):
+    recode = ignore_index is not None and (0 <= ignore_index < num_classes or not in_range)
+    codes = preds.to(dtype, copy=recode).contiguous()  # never write into the caller's tensor
+    if recode:
         codes.masked_fill_(preds == ignore_index, num_classes)
     return codes
 
 # %% ../nbs/04_metrics.ipynb #c028
-def _clamp_into_frame(flow: torch.Tensor) -> torch.Tensor:
-    "`flow` `(B,2,H,W)` changed so that every sample lands inside the frame, on the nearest border pixel."
-    H, W = flow.shape[-2:]
-    xs, ys = sample_coords(flow)
-    return flow + torch.stack([xs.clamp(0, W - 1) - xs, ys.clamp(0, H - 1) - ys], dim=1)
-
-# %% ../nbs/04_metrics.ipynb #c029
 def _check_mask(mask, name: str, shapes: list[tuple], device) -> torch.Tensor | None:
     "`mask` as a bool tensor on `device`, or ValueError naming `name` when its shape is none of `shapes`."
     if mask is None:
@@ -149,9 +147,51 @@ def _check_mask(mask, name: str, shapes: list[tuple], device) -> torch.Tensor | 
                          f" got {tuple(mask.shape)}")
     return mask.to(device=device, dtype=torch.bool)
 
+# %% ../nbs/04_metrics.ipynb #c029
+TC_BACKENDS = ("auto", "opencv", "torch")
+
+def _counts_opencv(codes: torch.Tensor, flows: torch.Tensor, num_classes: int, fill: int | None,
+                   masks: list[torch.Tensor]) -> torch.Tensor:
+    """Confusions `(T-1,K,K)` int64 of uint8 codes `(T,H,W)` (id K: excluded) on the CPU: each pair warped by
+    `warp_labels` (OpenCV's remap) and counted by a 2-D `cv2.calcHist` over the pixels where all `masks`
+    (each `(T-1,H,W)` bool) are True; pairs spread over `torch.get_num_threads()` threads."""
+    K1 = num_classes + 1
+    def count(t):
+        warped = warp_labels(codes[t + 1:t + 2], flows[t:t + 1], fill)[0].numpy()
+        keep = None
+        for m in masks:
+            keep = m[t] if keep is None else keep & m[t]
+        keep = None if keep is None else keep.contiguous().numpy().view(np.uint8)
+        hist = cv2.calcHist([codes[t].numpy(), warped], [0, 1], keep, [K1, K1], [0, K1, 0, K1])
+        return torch.from_numpy(hist[:num_classes, :num_classes].astype(np.int64))  # float32, exact below 2**24
+    pairs, workers = range(len(codes) - 1), min(torch.get_num_threads(), len(codes) - 1)
+    if workers == 1:
+        return torch.stack([count(t) for t in pairs])
+    with ThreadPoolExecutor(workers) as pool:  # OpenCV and numpy release the GIL: pairs run in parallel
+        return torch.stack(list(pool.map(count, pairs)))
+
+def _counts_torch(codes: torch.Tensor, flows: torch.Tensor, num_classes: int, fill: int | None,
+                  masks: list[torch.Tensor], chunk: int) -> torch.Tensor:
+    """Confusions `(T-1,K,K)` int64 of int16/int32 codes `(T,H,W)` (id K: excluded) on any device: the combined
+    index `pair*(K+1)^2 + a*(K+1) + b` built on the warped maps, one `bincount` per `chunk` pairs."""
+    T, K, K1 = len(codes), num_classes, num_classes + 1
+    offsets = (torch.arange(chunk, dtype=codes.dtype, device=codes.device) * K1 * K1).view(-1, 1, 1)
+    out = torch.empty(T - 1, K, K, dtype=torch.int64, device=codes.device)
+    for s in range(0, T - 1, chunk):
+        e = min(s + chunk, T - 1)
+        idx = warp_labels(codes[s + 1:e + 1], flows[s:e], fill)  # P_{t+1} seen from frame t: fresh, ours to overwrite
+        for m in masks:
+            idx.masked_fill_(~m[s:e], K)
+        idx.add_(codes[s:e], alpha=K1)
+        if e - s > 1:
+            idx.add_(offsets[:e - s])
+        counts = torch.bincount(idx.view(-1), minlength=(e - s) * K1 * K1)
+        out[s:e] = counts.view(e - s, K1, K1)[:, :K, :K]
+    return out
+
 # %% ../nbs/04_metrics.ipynb #c030
 def pair_confusions(preds, flows, num_classes: int, ignore_index: int | None = 255, valid=None, occlusion=None,
-                    exclude_out_of_frame: bool = True, chunk: int = 1) -> torch.Tensor:
+                    exclude_out_of_frame: bool = True, chunk: int = 1, backend: str = "auto") -> torch.Tensor:
     """Confusion matrices `(T-1,K,K)` int64 between each prediction `P_t` (rows) and `P_{t+1}` warped back
     into frame t with nearest sampling (columns): the counts behind TC.
 
@@ -159,7 +199,10 @@ def pair_confusions(preds, flows, num_classes: int, ignore_index: int | None = 2
     `flows[t]` from frame t to frame t+1 in pixels. Pixels of frame t are not counted where either map is
     `ignore_index`, where the flow leaves the frame (if `exclude_out_of_frame`; else the nearest border
     pixel is used), where `occlusion` `(T-1,H,W)` bool (True = visible) is False, or where the
-    region-of-interest mask `valid` `(H,W)` or `(T-1,H,W)` bool is False. Pairs are warped `chunk` at a time."""
+    region-of-interest mask `valid` `(H,W)` or `(T-1,H,W)` bool is False. `backend`: one of `TC_BACKENDS`;
+    'auto' takes 'opencv' where it applies, else 'torch', which counts `chunk` pairs per `bincount`."""
+    if backend not in TC_BACKENDS:
+        raise ValueError(f"backend: expected one of {TC_BACKENDS}, got {backend!r}")
     p = _as_labels(preds, "preds")
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"preds: expected label maps (T,H,W) of one sequence with T >= 2, got {tuple(p.shape)}")
@@ -171,29 +214,19 @@ def pair_confusions(preds, flows, num_classes: int, ignore_index: int | None = 2
     f = f.to(device=p.device, dtype=torch.float32)
     occ = _check_mask(occlusion, "occlusion", [(T - 1, H, W)], p.device)
     roi = _check_mask(valid, "valid", [(H, W), (T - 1, H, W)], p.device)
-    if roi is not None:
-        roi = roi.expand(T - 1, H, W)
-    K, K1, chunk = num_classes, num_classes + 1, max(1, min(chunk, T - 1))
+    masks = [m.expand(T - 1, H, W) for m in (occ, roi) if m is not None]
+    K, K1 = num_classes, num_classes + 1
+    fill = K if exclude_out_of_frame else None  # out-of-frame samples become the excluded id K
+    if backend != "torch" and p.device.type == "cpu" and K <= 255 and H * W <= 2**24:
+        codes = _encode(p, K, ignore_index, torch.uint8)
+        if _use_remap(codes, f):
+            return _counts_opencv(codes, f, K, fill, masks)
+    if backend == "opencv":
+        raise ValueError(f"backend 'opencv' needs CPU tensors, at most 255 classes (got {K}) and frames of at most"
+                         f" 2**24 pixels with sides below 32767 (got {H}x{W}); use 'auto' or 'torch'")
+    chunk = max(1, min(chunk, T - 1))
     dtype = torch.int16 if chunk * K1 * K1 <= 2**15 else torch.int32  # the largest index must fit
-    codes = _encode(p, K, ignore_index, dtype)
-    offsets = (torch.arange(chunk, dtype=dtype, device=p.device) * K1 * K1).view(-1, 1, 1)
-    out = torch.empty(T - 1, K, K, dtype=torch.int64, device=p.device)
-    for s in range(0, T - 1, chunk):
-        e = min(s + chunk, T - 1)
-        fl = f[s:e] if exclude_out_of_frame else _clamp_into_frame(f[s:e])
-        idx, inside = warp(codes[s + 1:e + 1], fl, "nearest")  # P_{t+1} seen from frame t: fresh, ours to overwrite
-        drop = inside.logical_not_() if exclude_out_of_frame else None
-        for m in (occ, roi):
-            if m is not None:
-                drop = ~m[s:e] if drop is None else drop.logical_or_(~m[s:e])
-        if drop is not None:
-            idx.masked_fill_(drop, K)  # excluded pixels become the extra id K, whose row and column are dropped
-        idx.add_(codes[s:e], alpha=K1)
-        if e - s > 1:
-            idx.add_(offsets[:e - s])
-        counts = torch.bincount(idx.view(-1), minlength=(e - s) * K1 * K1)
-        out[s:e] = counts.view(e - s, K1, K1)[:, :K, :K]
-    return out
+    return _counts_torch(_encode(p, K, ignore_index, dtype), f, K, fill, masks, chunk)
 
 # %% ../nbs/04_metrics.ipynb #c033
 def tc_from_confusions(cms: torch.Tensor, mode: str = "pair", per_class: bool = False) -> float | dict:

@@ -5,10 +5,12 @@
 # %% ../nbs/02_warp.ipynb #c003
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['sample_coords', 'warp', 'photometric_occlusion', 'fb_consistency_mask']
+__all__ = ['sample_coords', 'warp', 'warp_labels', 'photometric_occlusion', 'fb_consistency_mask']
 
 # %% ../nbs/02_warp.ipynb #c005
 def _check_flow(flow: torch.Tensor, x: torch.Tensor) -> None:
@@ -27,6 +29,17 @@ def sample_coords(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xs + flow[:, 0], ys + flow[:, 1]
 
 # %% ../nbs/02_warp.ipynb #c007
+def _nearest_taps(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices `(B,H*W)` int64 of the pixels nearest to where `flow` `(B,2,H,W)` points, clamped into the
+    frame, and `valid` `(B,H,W)` bool, False where the rounded sample lies outside the frame."""
+    H, W = flow.shape[-2:]
+    xs, ys = sample_coords(flow)
+    # Round-and-gather is exact: no float grid normalisation can move a sample to the next pixel.
+    xi, yi = xs.round().long(), ys.round().long()
+    valid = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+    return (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).flatten(1), valid
+
+# %% ../nbs/02_warp.ipynb #c008
 def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
     """Backward-warp `x` (the target frame) into the reference frame of `flow`.
 
@@ -36,13 +49,8 @@ def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tuple[t
     where the sample falls outside the frame (there `warped` holds 0, or the border value when bilinear).
     Bilinear warping is differentiable with respect to `x` and `flow`."""
     _check_flow(flow, x)
-    H, W = flow.shape[-2:]
-    xs, ys = sample_coords(flow)
     if mode == "nearest":
-        # Round-and-gather is exact: no float grid normalisation can move a sample to the next pixel.
-        xi, yi = xs.round().long(), ys.round().long()
-        valid = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
-        idx = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).flatten(1)  # (B, H*W)
+        idx, valid = _nearest_taps(flow)
         if x.ndim == 3:
             out = x.flatten(1).gather(1, idx).view_as(x)
             return out.masked_fill(~valid, 0), valid
@@ -53,6 +61,8 @@ def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tuple[t
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"x: bilinear warping needs a float (B,C,H,W) tensor, got {x.dtype} {tuple(x.shape)};"
                          " warp label maps with mode='nearest'")
+    H, W = flow.shape[-2:]
+    xs, ys = sample_coords(flow)
     # Samples up to half a pixel beyond the border centre are still inside the image footprint.
     valid = (xs > -0.5) & (xs < W - 0.5) & (ys > -0.5) & (ys < H - 0.5)
     # Bilinear as four weighted gathers rather than grid_sample: no coordinate normalisation, so an
@@ -68,7 +78,38 @@ def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tuple[t
            + wy * ((1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)))
     return out, valid
 
-# %% ../nbs/02_warp.ipynb #c013
+# %% ../nbs/02_warp.ipynb #c014
+_REMAP_DTYPES = (torch.uint8, torch.int16)
+_REMAP_MAX_SIDE = 32767  # remap stores rounded coordinates as int16
+
+def _use_remap(labels: torch.Tensor, flow: torch.Tensor) -> bool:
+    "Whether OpenCV's remap can warp `labels` by `flow` with the same result as the gather."
+    return (labels.device.type == "cpu" and flow.device.type == "cpu" and flow.dtype == torch.float32
+            and labels.dtype in _REMAP_DTYPES and max(labels.shape[-2:]) < _REMAP_MAX_SIDE)
+
+def warp_labels(labels: torch.Tensor, flow: torch.Tensor, fill: int | None = None) -> torch.Tensor:
+    """Nearest-neighbour backward warp of integer label maps `labels` `(B,H,W)` by `flow` `(B,2,H,W)`: the
+    values of `warp(labels, flow, "nearest")`, with every sample outside the frame set to `fill` (None: read
+    at the nearest border pixel instead). Returns a new `(B,H,W)` tensor of `labels`' dtype."""
+    if labels.ndim != 3 or labels.is_floating_point():
+        raise ValueError(f"labels: expected integer label maps (B,H,W), got {labels.dtype} {tuple(labels.shape)}")
+    _check_flow(flow, labels)
+    if _use_remap(labels, flow):
+        H, W = labels.shape[-2:]
+        xs, ys = np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32)[:, None]
+        border = (dict(borderMode=cv2.BORDER_REPLICATE) if fill is None
+                  else dict(borderMode=cv2.BORDER_CONSTANT, borderValue=fill))
+        src, fl = labels.contiguous().numpy(), flow.detach().numpy()
+        out = torch.empty_like(labels, memory_format=torch.contiguous_format)
+        for b, dst in enumerate(out.numpy()):
+            # float32 x + dx, as in sample_coords: the same sums, so the same rounded pixels
+            cv2.remap(src[b], xs + fl[b, 0], ys + fl[b, 1], cv2.INTER_NEAREST, dst=dst, **border)
+        return out
+    idx, valid = _nearest_taps(flow)
+    out = labels.flatten(1).gather(1, idx).view_as(labels)
+    return out if fill is None else out.masked_fill_(~valid, fill)
+
+# %% ../nbs/02_warp.ipynb #c018
 def photometric_occlusion(ref: torch.Tensor, warped: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Soft visibility mask `(B,H,W)` in (0,1] of the paper: `exp(-alpha*|sum_c(ref - warped)|)`.
 
@@ -77,7 +118,7 @@ def photometric_occlusion(ref: torch.Tensor, warped: torch.Tensor, alpha: float 
         raise ValueError(f"ref {tuple(ref.shape)} and warped {tuple(warped.shape)} must have the same shape")
     return torch.exp(-alpha * (ref - warped).sum(1).abs())
 
-# %% ../nbs/02_warp.ipynb #c015
+# %% ../nbs/02_warp.ipynb #c020
 def fb_consistency_mask(flow_fw: torch.Tensor, flow_bw: torch.Tensor,
                         alpha1: float = 0.01, alpha2: float = 0.5) -> torch.Tensor:
     """Boolean visibility mask `(B,H,W)` from forward–backward flow consistency.
