@@ -115,7 +115,7 @@ def check_arms(arms) -> tuple[Arm, ...]:
 
 # %% ../nbs/15_ablation.ipynb #c014
 def _fields(overrides: dict) -> dict:
-    "`TrainConfig` overrides without the None values (\"the default\"), lists as tuples (papermill passes lists)."
+    "Keyword arguments without the None values (\"the default\"), lists as tuples (papermill passes lists)."
     return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
 
 ABLATION_SETTINGS = {
@@ -140,7 +140,7 @@ def ablation_base(dataset: str = "synthetic", root=None, quick: bool = False, be
             raise ValueError("bench: give root= too (the default root holds the demo's benchmark)")
         root = Path(root or ("data/synthetic_quick" if quick else "data/synthetic"))
         bench = {**s["bench"], **(bench or {})}
-        generate_benchmark(root, **{k: tuple(v) if isinstance(v, list) else v for k, v in bench.items()})
+        generate_benchmark(root, **_fields(bench))
         h, w = bench["size"]
         defaults = dict(batch_size=s["batch_size"], crop=(h, w * 5 // 6), flow="dis",
                         **{k: v for k, v in a.items() if k != "teacher_steps"})
@@ -153,7 +153,8 @@ def ablation_base(dataset: str = "synthetic", root=None, quick: bool = False, be
     return TrainConfig(dataset=dataset, root=str(root), **{**defaults, **overrides})
 
 # %% ../nbs/15_ablation.ipynb #c018
-def teacher_config(base: TrainConfig, scheme: str, model: str, steps: int, overrides: dict | None = None) -> TrainConfig:
+def teacher_config(base: TrainConfig, scheme: str, model: str, steps: int,
+                   overrides: dict | None = None) -> TrainConfig:
     """The config of the teacher trained with `scheme`: `base` with `model`, `steps`, seed 0, no teacher of its
     own, and `overrides` (`TrainConfig` fields of the teacher only, e.g. its backbone's `pretrained` file)."""
     return replace(base, model=model, scheme=scheme, steps=steps, seed=0, teacher=None, pseudo_root=None,
@@ -244,8 +245,7 @@ def _evaluate_run(arm: Arm, cfg: TrainConfig, ckpt, seed: int, progress: bool) -
     "One results row: the checkpoint `ckpt` (trained with `cfg`) evaluated on the validation split."
     model, ck = load_checkpoint(ckpt)
     res = evaluate(model, cfg.root, "val", dataset=cfg.dataset, num_classes=cfg.num_classes, progress=progress)
-    return {"row": arm.name, "role": arm.role, "scheme": cfg.scheme,
-            "teacher": arm.learns_from, "seed": seed,
+    return {"row": arm.name, "role": arm.role, "scheme": cfg.scheme, "teacher": arm.learns_from, "seed": seed,
             "model": cfg.model, "mIoU": res["mIoU"], "pixel_acc": res["pixel_acc"],
             **{k: v for k, v in res.items() if k.startswith("TC_")},
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -259,11 +259,11 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
     """Train and evaluate every arm of `arms` for seeds `0..seeds-1` with the settings of `base`; write
     `out/results.csv`, `results.md` (headed by `command`, the command line that ran it) and `results.png`.
 
-    Teachers (`teacher_model`, `teacher_steps`, seed 0, `teacher_kw`: their own `TrainConfig` fields) are
-    trained once per teacher scheme and cached under
-    `teacher_dir` (default `out/runs/teachers`); students in `out/runs/<row>_seed<k>`. Resumable: finished runs
-    are re-evaluated, not retrained. `device`: where to train and pseudo-label (`etc_nb.train.train`'s default:
-    the CPU); evaluation runs on the CPU. Returns the results table (one row per run)."""
+    Teachers (`teacher_model`, `teacher_steps`, seed 0, `teacher_kw`: their own `TrainConfig` fields) are trained
+    once per teacher scheme and cached under `teacher_dir` (default `out/runs/teachers`); students train in
+    `out/runs/<row>_seed<k>`. Resumable: finished runs are re-evaluated, not retrained. `device`: where to train
+    and pseudo-label (`etc_nb.train.train`'s default: the CPU); evaluation runs on the CPU. Returns the results
+    table (one row per run)."""
     arms, out = check_arms(arms), Path(out)
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds: expected a positive number of seeds, got {seeds!r}")
@@ -339,7 +339,8 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
         teacher_steps = ABLATION_SETTINGS["quick" if quick else "full"]["teacher_steps"]
     # papermill refuses an output folder that does not exist: the command creates it, so it also runs afresh
     executed = Path(out) / "runs" / f"{table}.ipynb"
-    command = f"mkdir -p {shlex.quote(str(executed.parent))} && " + papermill_command(f"nbs/runs/{table}.ipynb", executed, params)
+    command = (f"mkdir -p {shlex.quote(str(executed.parent))} && "
+               + papermill_command(f"nbs/runs/{table}.ipynb", executed, params))
     return run_ablation(out, TABLES[table], base, seeds=seeds, teacher_model=teacher_model,
                         teacher_steps=teacher_steps, teacher_dir=teacher_dir, teacher_kw=teacher_kw, command=command,
                         device=device, progress=progress)

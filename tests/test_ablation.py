@@ -27,6 +27,7 @@ SMALL = "pspnet_mbv2"
 PARAMS = dict(bench=TINY, steps=1, teacher_steps=1, seeds=1, crop=[32, 48], batch_size=2, model=SMALL,
               teacher_model=SMALL)
 METRICS = ["mIoU", "pixel_acc", "TC_gt", "TC_dis"]
+HEADER = "| row | scheme | teacher | seeds | mIoU | pixel_acc | TC_gt | TC_dis | train_s | paper mIoU | paper TC |"
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +62,9 @@ def test_notebook_writes_its_table(tables, name):
     assert (df["steps"] == 1).all() and (df["seed"] == 0).all()
     assert list(df["paper_TC"]) == [a.paper[1] for a in arms]
     md = (tables / name / "results.md").read_text()
-    assert md.startswith(f"Produced by `papermill nbs/runs/{name}.ipynb ")
-    header = "| row | scheme | teacher | seeds | mIoU | pixel_acc | TC_gt | TC_dis | train_s | paper mIoU | paper TC |"
+    assert md.startswith(f"Produced by `mkdir -p {tables / name / 'runs'} && papermill nbs/runs/{name}.ipynb ")
     lines = md.splitlines()
-    start = lines.index(header)
+    start = lines.index(HEADER)
     assert [ln.split(" | ")[0][2:] for ln in lines[start + 2:]] == [a.name for a in arms]
     assert (tables / name / "results.png").stat().st_size > 10_000
     executed = (tables / f"{name}_out.ipynb").read_text()
@@ -90,7 +90,8 @@ def test_the_recorded_command_reproduces_the_table_without_training(tables, one_
     command = re.match(r"Produced by `(.+?)`\.", md)[1]
     mkdir, papermill = command.split(" && ")
     assert shlex.split(mkdir) == ["mkdir", "-p", str(tables / "table2" / "runs")]
-    assert shlex.split(papermill)[:3] == ["papermill", "nbs/runs/table2.ipynb", str(tables / "table2/runs/table2.ipynb")]
+    assert shlex.split(papermill)[:3] == ["papermill", "nbs/runs/table2.ipynb",
+                                          str(tables / "table2" / "runs" / "table2.ipynb")]
     ckpts = {p: p.stat().st_mtime_ns for p in (tables / "table2" / "runs").rglob("last.pt")}
     before = pd.read_csv(tables / "table2" / "results.csv")
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"          # the venv's papermill
@@ -121,7 +122,7 @@ def test_run_ablation_resumes_extends_and_tabulates(base, tmp_path):
     # the markdown table: mean ± population std over the seeds, recomputed here from the csv
     md = (tmp_path / "results.md").read_text().splitlines()
     assert md[0] == "Produced by `cmd x`."
-    start = md.index("| row | scheme | teacher | seeds | mIoU | pixel_acc | TC_gt | TC_dis | train_s | paper mIoU | paper TC |")
+    start = md.index(HEADER)
     assert md[start + 1] == "|" + "---|" * 11
     cells = {(c := ln[2:-2].split(" | "))[0]: c for ln in md[start + 2:]}
     assert list(cells) == ["TL", "baseline"]
