@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from etc_nb.models import count_params, create_model, list_models
+from etc_nb.models.mobilenetv2 import mobilenet_v2
 from etc_nb.models.pspnet import PSPNet
 from etc_nb.models.resnet import load_pretrained, resnet18, resnet50, resnet101
 
@@ -70,8 +71,10 @@ def test_backbones_match_torchvision_counts_and_names():
     assert not any(k.startswith("fc.") for k in keys)
 
 
-def test_dilated_is_dense_evaluation_of_strided():
-    plain, dilated = resnet18(32).eval(), resnet18(8).eval()
+@pytest.mark.parametrize("make", [resnet18, mobilenet_v2])
+def test_dilated_is_dense_evaluation_of_strided(make):
+    "Output stride 8 by dilation computes the stride-32 trunk's features densely (same weights, subsampled)."
+    plain, dilated = make(32).eval(), make(8).eval()
     dilated.load_state_dict(plain.state_dict())
     x = torch.randn(1, 3, 81, 67)
     with torch.no_grad():
