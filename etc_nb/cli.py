@@ -188,3 +188,8 @@ def run(args: argparse.Namespace) -> None:
                        class_names=names, backend=args.backend, device=args.device)
         print(tc_report(res))
         print(f"written: {', '.join(res['files'])}")
+
+# %% ../nbs/09_cli.ipynb #c013
+#| eval: false
+if __name__ == "__main__":
+    sys.exit(main())

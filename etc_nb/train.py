@@ -96,6 +96,10 @@ class TrainConfig:
     threads: int | None = None          # torch intra-op threads (None: torch's default)
 
     def __post_init__(self):
+        # papermill, YAML and JSON give lists: store tuples so a config compares equal to its checkpoint's (resume)
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), list):
+                setattr(self, f.name, tuple(getattr(self, f.name)))
         terms = parse_scheme(self.scheme)
         if self.random_gap and "rs" not in terms:
             raise ValueError(f"random_gap=True but scheme {self.scheme!r} has no 'rs': random gaps are the scheme "
@@ -120,12 +124,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        "Rebuild a config from its json form (tuples come back as lists); fields added since it was written take their defaults."
+        "Rebuild a config from its json form (tuples come back as lists: `__post_init__` restores them); fields added since it was written take their defaults."
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         terms = parse_scheme(d.get("scheme", cls.scheme))
         if d.pop("random_gap", False) and terms & NEIGHBOUR_TERMS and "rs" not in terms:
             d["scheme"] += "+rs"            # written before 'rs' was a term: random_gap=True meant RS
