@@ -11,6 +11,7 @@ import sys
 from dataclasses import fields
 
 from .demo import DEMO_SETTINGS
+from .infer import BACKENDS
 from .train import TrainConfig
 
 # %% auto #0
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--runs", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--backend", default="auto", choices=BACKENDS, help="the fast path to compare with eager")
     x = sub.add_parser("export", help="write a model's deployable graph (ONNX or TorchScript)")
     _model_args(x)
     x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="overlay video to write (.mp4 or .avi)")
     _model_args(g)
     g.add_argument("--labels", default=None, help="also write one label PNG per frame into this folder")
-    g.add_argument("--backend", default="auto", choices=("auto", "eager", "onnxruntime", "cuda"))
+    g.add_argument("--backend", default="auto", choices=BACKENDS)
     g.add_argument("--device", default="cpu")
     g.add_argument("--flow", default="dis_fast", help="flow for the TC of the output ('none' to skip)")
     c = sub.add_parser("tc", help="temporal consistency of a video's predictions (label PNGs or a model)")
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=("pair", "global"), default="pair")
     c.add_argument("--ignore-index", type=int, default=255)
     c.add_argument("--class-names", default=None, help="comma-separated class names, index = class id")
-    c.add_argument("--backend", default="auto", choices=("auto", "eager", "onnxruntime", "cuda"))
+    c.add_argument("--backend", default="auto", choices=BACKENDS)
     c.add_argument("--device", default="cpu")
     return p
 
@@ -161,7 +163,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.cmd == "benchmark":
         from etc_nb.benchmark import benchmark
         models = None if args.models == "all" else [m for m in args.models.split(",") if m]
-        benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup)
+        benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup,
+                  backend=args.backend)
         print(open(f"{args.out}/benchmark.md").read())
         print(f"written: {args.out}/benchmark.csv, benchmark.md")
     elif args.cmd == "export":

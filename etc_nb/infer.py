@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .io import atomic_write
+from .winograd import WINOGRAD_MIN_SHARE, nnpack_available, winograd, winograd_share
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'BACKENDS', 'LogitsOnly', 'load_model', 'onnx_bytes', 'torchscript_bytes', 'export_model',
@@ -101,7 +102,7 @@ def export_model(model: nn.Module, path, format: str = "onnx", size: tuple[int, 
     return atomic_write(path, EXPORT_FORMATS[format](model, size, batch))
 
 # %% ../nbs/11_infer.ipynb #c015
-BACKENDS = ("auto", "eager", "onnxruntime", "cuda")
+BACKENDS = ("auto", "eager", "onnxruntime", "winograd", "cuda")
 
 def _onnxruntime():
     try:
@@ -114,26 +115,31 @@ class Predictor:
     """Per-frame inference with one of `BACKENDS`: `predictor(images)`, `images` `(B,3,H,W)` float (normalised
     like training), returns `logits` `(B,K,h,w)` float32 on the CPU.
 
-    `auto`: `cuda` when `device` is a GPU, else `onnxruntime` (when installed) — the fastest measured here
-    (see `etc_nb.benchmark`). `threads`: CPU threads for eager and ONNX Runtime (None: torch's setting)."""
+    `auto`: `cuda` when `device` is a GPU; on the CPU `winograd` for networks dominated by wide 3×3
+    convolutions (`etc_nb.winograd.winograd_share`), else `onnxruntime` (when installed) — the fastest
+    measured here (see `etc_nb.benchmark`). `threads`: CPU threads for eager and ONNX Runtime (None: torch's setting)."""
     def __init__(self, model: nn.Module, backend: str = "auto", device: str = "cpu", threads: int | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         device = torch.device(device)
         if backend == "auto":
             backend = "cuda" if device.type == "cuda" else "eager"
-            if device.type == "cpu":
+            if device.type == "cpu" and nnpack_available() and winograd_share(model) >= WINOGRAD_MIN_SHARE:
+                backend = "winograd"
+            elif device.type == "cpu":
                 with contextlib.suppress(ImportError):
                     _onnxruntime()
                     backend = "onnxruntime"
         if backend == "cuda" and device.type != "cuda":
             raise ValueError(f"backend 'cuda' needs a CUDA device, got device={str(device)!r}")
-        if backend == "onnxruntime" and device.type != "cpu":
-            raise ValueError(f"backend 'onnxruntime' runs on the CPU here, got device={str(device)!r}")
+        if backend in ("onnxruntime", "winograd") and device.type != "cpu":
+            raise ValueError(f"backend {backend!r} runs on the CPU, got device={str(device)!r}")
         self.backend, self.device, self.threads = backend, device, threads or torch.get_num_threads()
         self.model = model.eval().to(device)
         if backend == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        if backend == "winograd":
+            self.model = winograd(self.model)
         self._sessions = {}
 
     def _session(self, shape: tuple[int, ...]):
@@ -154,7 +160,7 @@ class Predictor:
             logits = self._session(tuple(images.shape)).run(None, {"image": images.float().numpy()})[0]
             return torch.from_numpy(logits)
         with torch.inference_mode():
-            if self.backend == "eager":
+            if self.backend in ("eager", "winograd"):
                 return self.model(images.to(self.device))["logits"].float().cpu()
             x = images.to(self.device, memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.float16):

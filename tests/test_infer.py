@@ -46,12 +46,11 @@ def test_torchscript_export_loads_without_etc_nb(tmp_path):
         torch.testing.assert_close(torch.jit.load(path)(x), net(x)["logits"], rtol=1e-4, atol=1e-4)
 
 
-def test_predictor_onnxruntime_matches_eager():
+@pytest.mark.parametrize("backend", ["onnxruntime", "winograd"])
+def test_fast_predictor_matches_eager(backend):
     net = create_model("pspnet18", num_classes=5).eval()
     x = torch.randn(2, 3, 80, 96)
-    fast, eager = Predictor(net), Predictor(net, "eager")
-    assert fast.backend == "onnxruntime"
-    a, b = fast(x), eager(x)
+    a, b = Predictor(net, backend)(x), Predictor(net, "eager")(x)
     assert (a.argmax(1) == b.argmax(1)).double().mean() > 0.999
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
