@@ -17,12 +17,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.augment import to_tensor
 from .data.video import IMAGE_EXTS, natural_key
 from .flow import flow_to_tensor, get_flow_estimator
 from .infer import Predictor
 from .io import atomic_write, read_image
-from .losses import upsample_like
 from .metrics import pair_confusions, tc_from_confusions
 from .viz import cityscapes_palette, overlay
 
@@ -86,8 +84,9 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
     colour overlay video `out` (mp4 or avi; same size and rate as the input) and, with `labels_dir`, one
     label PNG per frame (`000000.png`, … class ids).
 
-    Returns a dict: `frames`, `fps` (inference only: frames / seconds in the predictor, from the second frame
-    on, since the first includes the fast path's export), `fps_total` (whole loop, export included), and with `flow` (a `get_flow_estimator` name) `TC` (percent, pair mode) and `per_pair_tc`."""
+    `model`: a registry network (its `num_classes` sizes the TC counts). Returns a dict: `frames`, `fps`
+    (inference only: frames / seconds in `Predictor.labels`, from the second frame on, since the first
+    includes the fast path's export), `fps_total` (whole loop, export included), and with `flow` (a `get_flow_estimator` name) `TC` (percent, pair mode) and `per_pair_tc`."""
     out = Path(out)
     if out.suffix.lower() not in (".mp4", ".avi"):
         raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
@@ -95,7 +94,6 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
         raise PermissionError(f"out {str(out)!r}: folder {str(out.parent)!r} does not exist or is not writable")
     frames, count, fps = open_frames(source)
     predictor = Predictor(model, backend, device)
-    num_classes = None
     palette = cityscapes_palette() if palette is None else palette
     estimator = get_flow_estimator(flow) if flow else None
     video_tmp, writer, labels_tmp = _partial_name(out), None, None
@@ -106,11 +104,9 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
     try:
         for n, frame in enumerate(tqdm(frames, total=count, desc="segment", disable=not progress, unit="frame")):
             t = time.perf_counter()
-            logits = predictor(to_tensor(frame)[None])
+            label = predictor.labels(frame)
             if n:                     # the first call includes the fast path's one-off export: not timed
                 infer_s += time.perf_counter() - t
-            num_classes = logits.shape[1]
-            label = upsample_like(logits, frame.shape[:2]).argmax(1)[0]
             if writer is None:
                 writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*("mp4v" if out.suffix.lower() == ".mp4" else "MJPG")),
                                          fps, (frame.shape[1], frame.shape[0]))
@@ -121,7 +117,7 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
                 Image.fromarray(label.numpy().astype(np.uint8)).save(labels_tmp / f"{n:06d}.png")
             if estimator is not None and prev is not None:
                 f = flow_to_tensor(estimator(prev[0], frame))                 # (1,2,H,W): previous → this frame
-                cms.append(pair_confusions(torch.stack([prev[1], label]), f, num_classes)[0])
+                cms.append(pair_confusions(torch.stack([prev[1], label]), f, model.num_classes)[0])
             prev = (frame, label)
         if writer is None:
             raise ValueError(f"{source}: no frames")

@@ -18,12 +18,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data.augment import to_tensor
 from .data.video import image_size, natural_key
 from .flow import FlowCache, FlowEstimator, flow_to_tensor, get_flow_estimator
 from .infer import Predictor
 from .io import atomic_write, read_label
-from .losses import upsample_like
 from .metrics import pair_confusions, tc_from_confusions
 from .segment import open_frames
 
@@ -151,9 +149,7 @@ def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None
     else:
         predictor = Predictor(model, backend, device)
         names, num_classes = [f"{t:06d}" for t in range(count)], num_classes or getattr(model, "num_classes", None)
-        def label(t):
-            logits = predictor(to_tensor(frame(t))[None])
-            return upsample_like(logits, frame(t).shape[:2]).argmax(1)[0].numpy(), f"{frames} frame {t}"
+        label = lambda t: (predictor.labels(frame(t)).numpy(), f"{frames} frame {t}")
     if count < 2:
         raise ValueError(f"{frames}: {count} frame(s); TC needs at least 2")
     if cache_dir is None and out is not None:
