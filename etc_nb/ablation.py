@@ -24,7 +24,7 @@ from .train import DISTILL_TERMS, TrainConfig, load_checkpoint, parse_scheme, tr
 
 # %% auto #0
 __all__ = ['TEACHER_TERMS', 'TABLE_I', 'TABLE_II', 'TABLE_III', 'TABLES', 'ABLATION_SETTINGS', 'Arm', 'check_arms',
-           'ablation_base', 'teacher_config', 'teacher_folder', 'teacher_pseudo_labels', 'tc_columns', 'ablation_table',
+           'ablation_base', 'teacher_config', 'run_folder', 'teacher_pseudo_labels', 'tc_columns', 'ablation_table',
            'plot_ablation', 'run_ablation', 'papermill_command', 'run_table']
 
 # %% ../nbs/15_ablation.ipynb #c006
@@ -160,10 +160,11 @@ def teacher_config(base: TrainConfig, scheme: str, model: str, steps: int,
     return replace(base, model=model, scheme=scheme, steps=steps, seed=0, teacher=None, pseudo_root=None,
                    **_fields(overrides or {}))
 
-def teacher_folder(cfg: TrainConfig, teacher_dir) -> Path:
-    "Cache folder of the teacher trained with `cfg`: `teacher_dir/<model>_<scheme>_<10 hex digits of the config>`."
+def run_folder(cfg: TrainConfig, parent) -> Path:
+    """Folder of the run trained with `cfg`: `parent/<model>_<scheme>_<10 hex digits of the whole config>`, so
+    that tables asking for the same run (the same config, seed and teacher included) share one training."""
     digest = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(teacher_dir) / f"{cfg.model}_{cfg.scheme}_{digest}"
+    return Path(parent) / f"{cfg.model}_{cfg.scheme}_{digest}"
 
 def teacher_pseudo_labels(ckpt, cfg: TrainConfig, progress: bool = True, device=None) -> Path:
     """Pseudo labels of every unlabelled training frame of `cfg`'s dataset by the teacher checkpoint `ckpt`, run
@@ -255,13 +256,14 @@ def _evaluate_run(arm: Arm, cfg: TrainConfig, ckpt, seed: int, progress: bool) -
 
 def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: str = "pspnet50",
                  teacher_steps: int = 400, teacher_dir=None, teacher_kw: dict | None = None, command: str = "",
-                 device=None, progress: bool = True) -> pd.DataFrame:
+                 device=None, runs_dir=None, progress: bool = True) -> pd.DataFrame:
     """Train and evaluate every arm of `arms` for seeds `0..seeds-1` with the settings of `base`; write
     `out/results.csv`, `results.md` (headed by `command`, the command line that ran it) and `results.png`.
 
     Teachers (`teacher_model`, `teacher_steps`, seed 0, `teacher_kw`: their own `TrainConfig` fields) are trained
     once per teacher scheme and cached under `teacher_dir` (default `out/runs/teachers`); students train in
-    `out/runs/<row>_seed<k>`. Resumable: finished runs are re-evaluated, not retrained. `device`: where to train
+    `run_folder(config, runs_dir)` (default `out/runs`): tables given the same `runs_dir` share their identical
+    runs. Resumable: finished runs are re-evaluated, not retrained. `device`: where to train
     and pseudo-label (`etc_nb.train.train`'s default: the CPU); evaluation runs on the CPU. Returns the results
     table (one row per run)."""
     arms, out = check_arms(arms), Path(out)
@@ -274,7 +276,7 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
         "Config and checkpoint of the teacher trained with `scheme`, trained on first use."
         if scheme not in teachers:
             cfg = teacher_config(base, scheme, teacher_model, teacher_steps, teacher_kw)
-            teachers[scheme] = cfg, train(cfg, teacher_folder(cfg, teacher_dir), progress=progress, device=device)
+            teachers[scheme] = cfg, train(cfg, run_folder(cfg, teacher_dir), progress=progress, device=device)
         return teachers[scheme]
 
     def student_config(arm: Arm, seed: int) -> TrainConfig:
@@ -291,7 +293,7 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
     for seed in range(seeds):
         for arm in (a for a in arms if a.role == "student"):
             cfg = student_config(arm, seed)
-            ckpt = train(cfg, out / "runs" / f"{arm.slug}_seed{seed}", progress=progress, device=device)
+            ckpt = train(cfg, run_folder(cfg, runs_dir or out / "runs"), progress=progress, device=device)
             rows.append(_evaluate_run(arm, cfg, ckpt, seed, progress))
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -318,8 +320,9 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
               model: str = "pspnet18", teacher_model: str = "pspnet50", crop=None, steps: int | None = None,
               teacher_steps: int | None = None, batch_size: int | None = None, seeds: int = 3,
               lam: float | None = None, lam_pf: float | None = None, lam_mf: float | None = None,
-              lam_sf: float | None = None, teacher_dir="data/cache/teachers", train_kw: dict | None = None,
-              teacher_kw: dict | None = None, device: str | None = None, progress: bool = True) -> pd.DataFrame:
+              lam_sf: float | None = None, teacher_dir="data/cache/teachers", runs_dir="data/cache/runs",
+              train_kw: dict | None = None, teacher_kw: dict | None = None, device: str | None = None,
+              progress: bool = True) -> pd.DataFrame:
     """Run paper table `table` ('table1', 'table2', 'table3'; see `TABLES`) with the parameters of its papermill
     notebook `nbs/runs/<table>.ipynb` (None: the default of `ablation_base`; `teacher_steps` None: 400, or 80 with
     `quick`, on the synthetic benchmark, else required; `train_kw`: other `TrainConfig` fields, of students and
@@ -329,7 +332,8 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
     params = dict(out=str(out), dataset=dataset, root=None if root is None else str(root), bench=bench, quick=quick,
                   model=model, teacher_model=teacher_model, crop=crop, steps=steps, teacher_steps=teacher_steps,
                   batch_size=batch_size, seeds=seeds, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
-                  teacher_dir=str(teacher_dir), train_kw=train_kw or {}, teacher_kw=teacher_kw or {}, device=device)
+                  teacher_dir=str(teacher_dir), runs_dir=str(runs_dir), train_kw=train_kw or {},
+                  teacher_kw=teacher_kw or {}, device=device)
     base = ablation_base(dataset, root, quick=quick, bench=bench, model=model, crop=crop, steps=steps,
                          batch_size=batch_size, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
                          **(train_kw or {}))
@@ -343,4 +347,4 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
                + papermill_command(f"nbs/runs/{table}.ipynb", executed, params))
     return run_ablation(out, TABLES[table], base, seeds=seeds, teacher_model=teacher_model,
                         teacher_steps=teacher_steps, teacher_dir=teacher_dir, teacher_kw=teacher_kw, command=command,
-                        device=device, progress=progress)
+                        device=device, runs_dir=runs_dir, progress=progress)

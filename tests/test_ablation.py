@@ -1,5 +1,5 @@
 """The ablation notebooks (paper Tables I-III) run end to end with papermill on a tiny benchmark, share their
-teachers, and write a table that the command in its header reproduces; the driver resumes, extends and
+teachers and common runs, and write a table that the command in its header reproduces; the driver resumes, extends and
 keeps teachers of different settings apart."""
 import os
 import re
@@ -41,12 +41,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory, one_thread):
-    "Run the three notebooks (I, III, II: III reuses I's teacher) into one folder, sharing the teacher cache."
+    "Run the three notebooks (I, III, II: III reuses I's teacher) into one folder, sharing teacher and run caches."
     tmp = tmp_path_factory.mktemp("ablation")
     for name in ("table1", "table3", "table2"):
         pm.execute_notebook(str(REPO / "nbs" / "runs" / f"{name}.ipynb"), str(tmp / f"{name}_out.ipynb"),
                             parameters=dict(out=str(tmp / name), root=str(tmp / "bench"),
-                                            teacher_dir=str(tmp / "teachers"), **PARAMS),
+                                            teacher_dir=str(tmp / "teachers"), runs_dir=str(tmp / "runs"), **PARAMS),
                             progress_bar=False, cwd=str(REPO))
     return tmp
 
@@ -75,11 +75,16 @@ def test_teachers_are_trained_once_and_shared(tables):
     folders = sorted(p.name for p in (tables / "teachers").iterdir())
     assert len(folders) == 2 and re.fullmatch(r"pspnet_mbv2_baseline_[0-9a-f]{10}", folders[0]), folders
     assert folders[1].startswith("pspnet_mbv2_tl+rs_")
-    # Table I's PF run distilled from the same checkpoint as Table III's student of the TL teacher
-    cfg = lambda t, run: (tables / t / "runs" / run / "config.json").read_text()
-    teacher_of = lambda t, run: re.search(r'"teacher": "([^"]+)"', cfg(t, run))[1]
-    assert teacher_of("table1", "pf_seed0") == teacher_of("table3", "student_teacher_ce+tl_seed0")
-    assert teacher_of("table3", "student_teacher_ce_seed0") != teacher_of("table3", "student_teacher_ce+tl_seed0")
+    # the student runs the tables have in common are trained once: 12 of Table I, 3 more of Table II, and
+    # Table III's student of the CE teacher; its student of the CE+TL teacher is Table I's PF run
+    runs = sorted(p.name for p in (tables / "runs").iterdir())
+    assert len(runs) == 16 and all(re.fullmatch(r"pspnet_mbv2_[a-z+]+_[0-9a-f]{10}", r) for r in runs), runs
+    teachers = [re.search(r'"teacher": "([^"]+)"', (tables / "runs" / r / "config.json").read_text())
+                for r in runs if r.startswith("pspnet_mbv2_pf+rs_")]
+    assert sorted(Path(t[1]).parent.name for t in teachers) == folders
+    rows = {t: pd.read_csv(tables / t / "results.csv").set_index("row") for t in ("table1", "table3")}
+    pd.testing.assert_series_equal(rows["table1"].loc["PF", METRICS],
+                                   rows["table3"].loc["student ← teacher (CE+TL)", METRICS], check_names=False)
     # only the TL teacher labels frames (PL rows of Tables I and II), once: 2 snippets x 4 unlabelled frames
     pl = list((tables / "teachers").glob("*/pseudo_labels/gtFine/train/*/*_labelTrainIds.png"))
     assert len(pl) == 8 and all(folders[1] in str(p) for p in pl)
@@ -92,7 +97,7 @@ def test_the_recorded_command_reproduces_the_table_without_training(tables, one_
     assert shlex.split(mkdir) == ["mkdir", "-p", str(tables / "table2" / "runs")]
     assert shlex.split(papermill)[:3] == ["papermill", "nbs/runs/table2.ipynb",
                                           str(tables / "table2" / "runs" / "table2.ipynb")]
-    ckpts = {p: p.stat().st_mtime_ns for p in (tables / "table2" / "runs").rglob("last.pt")}
+    ckpts = {p: p.stat().st_mtime_ns for p in (tables / "runs").rglob("last.pt")}
     before = pd.read_csv(tables / "table2" / "results.csv")
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"          # the venv's papermill
     subprocess.run(command, shell=True, cwd=REPO, check=True, capture_output=True, env={**os.environ, "PATH": path})
@@ -112,7 +117,7 @@ def test_run_ablation_resumes_extends_and_tabulates(base, tmp_path):
     arms = (Arm("TL", "tl+rs", paper=(70.67, 70.46)), Arm("baseline", "baseline"))
     one = run_ablation(tmp_path, arms, base, seeds=1, teacher_model=SMALL, teacher_steps=1, progress=False)
     ckpts = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
-    assert sorted(p.parent.name for p in ckpts) == ["baseline_seed0", "tl_seed0"]
+    assert sorted(re.sub("_[0-9a-f]{10}$", "", p.parent.name) for p in ckpts) == [f"{SMALL}_baseline", f"{SMALL}_tl+rs"]
     two = run_ablation(tmp_path, arms, base, seeds=2, teacher_model=SMALL, teacher_steps=1, command="cmd x",
                        progress=False)
     assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts             # seed 0 is only re-evaluated
