@@ -242,9 +242,10 @@ def _save_png(fig, path) -> None:
     atomic_write(path, buf.getvalue())
     plt.close(fig)
 
-def _evaluate_run(arm: Arm, cfg: TrainConfig, ckpt, seed: int, progress: bool) -> dict:
-    "One results row: the checkpoint `ckpt` (trained with `cfg`) evaluated on the validation split."
+def _evaluate_run(arm: Arm, cfg: TrainConfig, ckpt, seed: int, progress: bool, device=None) -> dict:
+    "One results row: the checkpoint `ckpt` (trained with `cfg`) evaluated on the validation split, on `device`."
     model, ck = load_checkpoint(ckpt)
+    model.to(device or "cpu")
     res = evaluate(model, cfg.root, "val", dataset=cfg.dataset, num_classes=cfg.num_classes, progress=progress)
     return {"row": arm.name, "role": arm.role, "scheme": cfg.scheme, "teacher": arm.learns_from, "seed": seed,
             "model": cfg.model, "mIoU": res["mIoU"], "pixel_acc": res["pixel_acc"],
@@ -264,7 +265,7 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
     once per teacher scheme and cached under `teacher_dir` (default `out/runs/teachers`); students train in
     `run_folder(config, runs_dir)` (default `out/runs`): tables given the same `runs_dir` share their identical
     runs. Resumable: finished runs are re-evaluated, not retrained. `device`: where to train
-    and pseudo-label (`etc_nb.train.train`'s default: the CPU); evaluation runs on the CPU. Returns the results
+    pseudo-label and evaluate (`etc_nb.train.train`'s default: the CPU). Returns the results
     table (one row per run)."""
     arms, out = check_arms(arms), Path(out)
     if not isinstance(seeds, int) or seeds < 1:
@@ -289,12 +290,12 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
             kw["pseudo_root"] = pseudo[arm.teacher]
         return replace(base, scheme=arm.scheme, seed=seed, **kw)
 
-    rows = [_evaluate_run(a, *teacher(a.scheme), 0, progress) for a in arms if a.role == "teacher"]
+    rows = [_evaluate_run(a, *teacher(a.scheme), 0, progress, device) for a in arms if a.role == "teacher"]
     for seed in range(seeds):
         for arm in (a for a in arms if a.role == "student"):
             cfg = student_config(arm, seed)
             ckpt = train(cfg, run_folder(cfg, runs_dir or out / "runs"), progress=progress, device=device)
-            rows.append(_evaluate_run(arm, cfg, ckpt, seed, progress))
+            rows.append(_evaluate_run(arm, cfg, ckpt, seed, progress, device))
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.csv", df.to_csv(index=False))

@@ -12,6 +12,7 @@ from dataclasses import fields
 
 from .demo import DEMO_SETTINGS
 from .infer import BACKENDS
+from .io import atomic_write
 from .train import TrainConfig
 
 # %% auto #0
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val")
     e.add_argument("--flows", default="gt,dis", help="comma-separated flow sources for TC")
     e.add_argument("--json", default=None, help="also write the results to this file")
+    e.add_argument("--device", default="cpu", help="where to run the model (cpu, cuda)")
     d = sub.add_parser("demo", help="baseline vs temporal loss on the synthetic benchmark")
     d.add_argument("--out", required=True)
     d.add_argument("--quick", action="store_true", help="smoke-sized run (a few minutes on CPU)")
@@ -147,13 +149,13 @@ def run(args: argparse.Namespace) -> None:
         from etc_nb.train import load_checkpoint
         model, ck = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(ck["config"])
-        res = evaluate(model, args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
+        res = evaluate(model.to(args.device), args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
                        num_classes=cfg.num_classes, flows=tuple(f for f in args.flows.split(",") if f))
         summary = {k: v for k, v in res.items() if k != "per_class_iou"}
         print(json.dumps(summary, indent=1))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({**summary, "per_class_iou": [float(v) for v in res["per_class_iou"]]}, f, indent=1)
+            atomic_write(args.json, json.dumps({**summary, "per_class_iou": [float(v) for v in res["per_class_iou"]]},
+                                               indent=1))
     elif args.cmd == "demo":
         from etc_nb.demo import markdown_table, run_demo, summarize
         extra = {} if args.lam is None else {"lam": args.lam}
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> None:
         print(tc_report(res))
         print(f"written: {', '.join(res['files'])}")
 
-# %% ../nbs/09_cli.ipynb #c013
+# %% ../nbs/09_cli.ipynb #c015
 #| eval: false
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,10 +20,11 @@ __all__ = ['predict', 'default_flows', 'evaluate']
 # %% ../nbs/06_evaluate.ipynb #c005
 @torch.inference_mode()
 def predict(model, frames: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Per-frame predictions `(T,H,W)` int64 for `frames` `(T,3,H,W)`: each frame on its own,
-    logits upsampled bilinearly to the frame size, then argmax."""
+    """Per-frame predictions `(T,H,W)` int64, on the CPU, for `frames` `(T,3,H,W)`: each frame on its own, on
+    the model's device (a model on a GPU evaluates there), logits upsampled bilinearly to the frame size, then argmax."""
     model.eval()
-    preds = [upsample_like(model(chunk)["logits"], frames.shape[-2:]).argmax(1)
+    device = next(model.parameters(), torch.empty(0)).device          # a model without parameters: the CPU
+    preds = [upsample_like(model(chunk.to(device))["logits"], frames.shape[-2:]).argmax(1).cpu()
              for chunk in frames.split(batch_size)]
     return torch.cat(preds)
 

@@ -209,6 +209,7 @@ def run_recipe(dataset: str, root, out, schemes=None, seeds: int = 1, flow_eval:
             cfg = recipe(dataset, root=str(root), scheme=scheme, seed=seed, **overrides)
             ckpt = train(cfg, out / "runs" / f"{scheme}_seed{seed}", progress=progress, device=device)
             model, ck = load_checkpoint(ckpt)
+            model.to(device or "cpu")                           # evaluate where it trained
             res = recipe_metrics(model, dataset, root, cfg.num_classes, flow_eval, progress=progress)
             rows.append({"scheme": scheme, "seed": seed, "model": cfg.model, **res,
                          "params_M": count_params(model) / 1e6, "train_s": ck["history"][-1]["seconds"],
