@@ -119,7 +119,8 @@ class Predictor:
 
     `auto`: `cuda` when `device` is a GPU; on the CPU `winograd` for networks dominated by wide 3×3
     convolutions (`etc_nb.winograd.winograd_share`), else `onnxruntime` (when installed) — the fastest
-    measured here (see `etc_nb.benchmark`). `threads`: CPU threads for eager and ONNX Runtime (None: torch's setting)."""
+    measured here (see `etc_nb.benchmark`). `threads`: ONNX Runtime's CPU threads (None: torch's setting, which
+    eager and Winograd use: `torch.set_num_threads`)."""
     def __init__(self, model: nn.Module, backend: str = "auto", device: str = "cpu", threads: int | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
