@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -65,11 +64,6 @@ class Arm:
         "The scheme of the teacher a student row learns from ('' for teacher rows and rows without a teacher)."
         return self.teacher if self.uses_teacher and self.role == "student" else ""
 
-    @property
-    def slug(self) -> str:
-        "The row's name as a folder name."
-        return re.sub(r"[^a-z0-9+.-]+", "_", self.name.lower()).strip("_")
-
 # %% ../nbs/15_ablation.ipynb #c010
 TABLE_I = (   # paper Table I: the training terms, every video term with random sampling (see above)
     Arm("baseline", "baseline", paper=(69.79, 68.50)),
@@ -103,14 +97,13 @@ TABLE_III = (  # paper Table III: the teachers with and without TL, and a PF stu
 TABLES = {"table1": TABLE_I, "table2": TABLE_II, "table3": TABLE_III}
 
 def check_arms(arms) -> tuple[Arm, ...]:
-    "`arms` as a tuple, checked: at least one, all `Arm`s, names and folder names unique."
+    "`arms` as a tuple, checked: at least one, all `Arm`s, names unique."
     arms = tuple(arms)
     if not arms or not all(isinstance(a, Arm) for a in arms):
         raise ValueError(f"arms: expected a non-empty sequence of Arm, got {arms!r}")
-    for what, key in (("names", lambda a: a.name), ("folder names", lambda a: a.slug)):
-        seen = [key(a) for a in arms]
-        if dup := sorted({k for k in seen if seen.count(k) > 1}):
-            raise ValueError(f"arms: row {what} must be unique, repeated: {dup}")
+    names = [a.name for a in arms]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"arms: row names must be unique, repeated: {dup}")
     return arms
 
 # %% ../nbs/15_ablation.ipynb #c014
@@ -264,7 +257,7 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
     Teachers (`teacher_model`, `teacher_steps`, seed 0, `teacher_kw`: their own `TrainConfig` fields) are trained
     once per teacher scheme and cached under `teacher_dir` (default `out/runs/teachers`); students train in
     `run_folder(config, runs_dir)` (default `out/runs`): tables given the same `runs_dir` share their identical
-    runs. Resumable: finished runs are re-evaluated, not retrained. `device`: where to train
+    runs. Resumable: finished runs are re-evaluated, not retrained. `device`: where to train,
     pseudo-label and evaluate (`etc_nb.train.train`'s default: the CPU). Returns the results
     table (one row per run)."""
     arms, out = check_arms(arms), Path(out)
