@@ -9,8 +9,9 @@ import errno
 import json
 import math
 import os
+import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,10 +29,15 @@ from .io import atomic_save, atomic_write, load_torch
 from .losses import MFDistill, pf_loss, segmentation_loss, sf_loss, temporal_loss
 from .models import create_model
 
+try:
+    import fcntl
+except ImportError:                             # Windows: no advisory file locks, runs are not locked
+    fcntl = None
+
 # %% auto #0
 __all__ = ['SCHEME_TERMS', 'NEIGHBOUR_TERMS', 'DISTILL_TERMS', 'parse_scheme', 'TrainConfig', 'batch_keys', 'poly_lr',
-           'load_checkpoint', 'load_teacher', 'training_set', 'collate', 'training_loss', 'distributed',
-           'CPUSyncBatchNorm', 'sync_batchnorm', 'TrainState', 'train']
+           'load_checkpoint', 'load_teacher', 'training_set', 'collate', 'training_loss', 'distributed', 'barrier',
+           'CPUSyncBatchNorm', 'sync_batchnorm', 'TrainState', 'run_lock', 'train']
 
 # %% ../nbs/05_train.ipynb #c006
 SCHEME_TERMS = {                         # the terms a scheme may combine with '+'; 'baseline' has none
@@ -310,6 +316,10 @@ def distributed(device=None):
         if created:
             dist.destroy_process_group()
 
+def barrier(device: torch.device) -> None:
+    "Wait for every process of the group (NCCL is told this process's GPU)."
+    dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
 # %% ../nbs/05_train.ipynb #c032
 class _AllReduceSum(torch.autograd.Function):
     "Sum over the ranks, differentiable: the gradient of a sum every rank uses is the sum of the ranks' gradients."
@@ -441,7 +451,31 @@ class TrainState:
         if self.mf is not None:
             self.mf.load_state_dict(sd["mf"])
 
-# %% ../nbs/05_train.ipynb #c041
+# %% ../nbs/05_train.ipynb #c042
+@contextmanager
+def run_lock(out_dir, timeout: float | None = None, poll: float = 1.0):
+    """Hold the lock of run folder `out_dir` (the file `out_dir/.lock`; the folder is created) for the block.
+    Another holder makes this wait, checking every `poll` seconds, or raise TimeoutError after `timeout` seconds.
+    Advisory (`fcntl.flock`, released if the process dies); where there is none (Windows) the block runs unlocked."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a") as f:
+        t0, told = time.time(), False
+        while fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if timeout is not None and time.time() - t0 >= timeout:
+                    raise TimeoutError(f"{out_dir}: another process holds {f.name} (it is training this run); "
+                                       f"gave up after {timeout} s") from None
+                if not told:
+                    print(f"{out_dir}: another process is training this run; waiting for it", file=sys.stderr)
+                    told = True
+                time.sleep(poll)
+        yield                                   # closing the file releases the lock
+
+# %% ../nbs/05_train.ipynb #c043
 def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None = None,
           progress: bool = True, device=None) -> Path:
     """Train per `cfg`, writing `out_dir/last.pt`, `config.json` and `train_log.csv` (one row per epoch: `epoch`,
@@ -451,15 +485,18 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     checkpoint) after that many steps in total, e.g. to split a run. `device`: where to train (default: the CPU;
     under `torchrun`, `cuda:LOCAL_RANK` when there are GPUs). Launched by `torchrun`, trains data-parallel: each
     process on its share of every batch of `batch_size` items (section *Distributed data parallel*).
-    Returns the checkpoint path."""
+    Returns the checkpoint path. Holds `run_lock(out_dir)` while it trains: a concurrent call for the same
+    folder waits for it."""
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "last.pt"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with distributed(device) as (rank, world, device):
+    with distributed(device) as (rank, world, device), run_lock(out_dir) if rank == 0 else nullcontext():
         if cfg.batch_size % world:
             raise ValueError(f"batch_size={cfg.batch_size} is the global batch, split evenly over the {world} processes "
                              f"of this launch: use a multiple of {world}")
+        if world > 1:                           # the other ranks read the checkpoint once rank 0 holds the lock
+            barrier(device)
         had_ckpt = ckpt_path.is_file()          # read before rank 0 may write it
         state = TrainState.create(cfg, device, (rank, world))
         # elapsed: training seconds of earlier sessions; running: losses of the current, unfinished epoch
@@ -495,7 +532,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
                 if history:
                     atomic_write(out_dir / "train_log.csv", pd.DataFrame(history).to_csv(index=False))
             if world > 1:                       # no process goes on, or returns, before the checkpoint is complete
-                dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+                barrier(device)
 
         t0 = time.time()
         bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{cfg.scheme} s{cfg.seed}",
