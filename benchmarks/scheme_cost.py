@@ -37,7 +37,7 @@ SCHEMES = ("baseline", "baseline x2 frames", "tl", "pf", "mf", "sf", "tl+pf+mf")
 
 
 def _config(scheme: str, root: str, teacher: str | None, threads: int):
-    from etc_nb.train import DISTILL_TERMS, TrainConfig, parse_scheme
+    from etc_nb.config import DISTILL_TERMS, TrainConfig, parse_scheme
     batch = 8 if scheme == "baseline x2 frames" else 4
     name = "baseline" if scheme.startswith("baseline") else scheme
     return TrainConfig(root=root, model="pspnet18", batch_size=batch, crop=(64, 106), scheme=name, flow="gt",
@@ -60,7 +60,8 @@ def _reset_peak() -> None:
 def measure_one(scheme: str, root: str, teacher: str | None, steps: int, warmup: int, threads: int) -> dict:
     "Build the state of `scheme`, time `warmup + steps` steps; medians and the peak-RSS growth (runs in-process)."
     import torch
-    from etc_nb.train import TrainState, batch_keys, collate, training_set
+    from etc_nb.loader import batch_keys, collate, training_set
+    from etc_nb.train import TrainState
     cfg = _config(scheme, root, teacher, threads)
     torch.set_num_threads(threads)
     state, ds = TrainState.create(cfg), training_set(cfg)
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
         return 0
     from etc_nb.demo import DEMO_SETTINGS
     from etc_nb.data.synthetic import generate_benchmark
-    from etc_nb.train import TrainConfig, train
+    from etc_nb.config import TrainConfig
+    from etc_nb.train import train
     generate_benchmark(a.root, **DEMO_SETTINGS["quick"]["bench"])
     with tempfile.TemporaryDirectory() as tmp:
         teacher = str(train(TrainConfig(root=a.root, model=a.teacher_model, steps=0), tmp, progress=False))

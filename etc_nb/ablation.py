@@ -19,7 +19,9 @@ from .demo import DEMO_SETTINGS, markdown_table, summarize
 from .evaluate import evaluate
 from .io import atomic_write
 from .pseudo import write_pseudo_labels
-from .train import DISTILL_TERMS, TrainConfig, load_checkpoint, parse_scheme, train
+from .checkpoint import load_checkpoint
+from .config import DISTILL_TERMS, TrainConfig, parse_scheme
+from .train import train
 
 # %% auto #0
 __all__ = ['TEACHER_TERMS', 'TABLE_I', 'TABLE_II', 'TABLE_III', 'TABLES', 'ABLATION_SETTINGS', 'Arm', 'check_arms',

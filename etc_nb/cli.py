@@ -13,7 +13,7 @@ from dataclasses import fields
 from .demo import DEMO_SETTINGS
 from .infer import BACKENDS
 from .io import atomic_write
-from .train import TrainConfig
+from .config import TrainConfig
 
 # %% auto #0
 __all__ = ['parse_size', 'build_parser', 'main', 'run']
@@ -64,13 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one scheme (resumes from OUT/last.pt)")
     t.add_argument("--out", required=True)
     t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes preparing batches (default: from the CPU count; 0: none)")
+    t.add_argument("--device", default=None, help="where to train (default: cpu; cuda:LOCAL_RANK under torchrun with GPUs)")
+    t.add_argument("--compile", action="store_true", help="train a torch.compile'd forward")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: on CUDA)")
     _train_args(t)
     e = sub.add_parser("evaluate", help="mIoU and TC of a checkpoint")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--root", default=None, help="dataset root (default: the one it was trained on)")
     e.add_argument("--dataset", default=None)
     e.add_argument("--split", default="val")
-    e.add_argument("--flows", default="gt,dis", help="comma-separated flow sources for TC")
+    e.add_argument("--flows", default="gt,dis", help="comma-separated flow sources for TC (gt, dis, dis_fast, raft_small, ...)")
+    e.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for raft_* flows")
     e.add_argument("--json", default=None, help="also write the results to this file")
     e.add_argument("--device", default="cpu", help="where to run the model (cpu, cuda)")
     d = sub.add_parser("demo", help="baseline vs temporal loss on the synthetic benchmark")
@@ -101,12 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default="auto", choices=BACKENDS)
     g.add_argument("--device", default="cpu")
     g.add_argument("--flow", default="dis_fast", help="flow for the TC of the output ('none' to skip)")
+    g.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for --flow raft_*")
     c = sub.add_parser("tc", help="temporal consistency of a video's predictions (label PNGs or a model)")
     c.add_argument("--frames", "--video", dest="frames", required=True, help="video file or folder of frames")
     c.add_argument("--labels", default=None, help="folder with one label PNG per frame (else give a model)")
     _model_args(c)
     c.add_argument("--out", required=True, help="folder for tc.csv, tc_per_class.csv, tc.png, tc.json")
-    c.add_argument("--flow", default="dis_fast", help="flow estimator (dis, dis_fast, dis_ultrafast, dis_medium)")
+    c.add_argument("--flow", default="dis_fast", help="flow estimator (dis, dis_fast, dis_ultrafast, dis_medium, raft_small, raft_large)")
+    c.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for --flow raft_*")
     c.add_argument("--cache", default=None, help="flow cache folder (default OUT/flow_cache)")
     c.add_argument("--mode", choices=("pair", "global"), default="pair")
     c.add_argument("--ignore-index", type=int, default=255)
@@ -124,6 +133,13 @@ def _load_model(args):
         print(f"note: {args.model} has random weights (no --checkpoint)", file=sys.stderr)
     return load_model(args.checkpoint, args.model, args.num_classes)
 
+def _flow(name: str, args):
+    "The flow source `name` as `run` passes it on: the name, or with `--flow-weights` the RAFT estimator holding them."
+    if args.flow_weights is None or not name.startswith("raft"):
+        return name
+    from etc_nb.flow import get_flow_estimator
+    return get_flow_estimator(name, weights=args.flow_weights, device=getattr(args, "device", "cpu"))
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -131,6 +147,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError, ImportError) as e:       # bad input: one line, no traceback
         print(f"etc-nb {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:                         # a diverged training (NonFiniteError): one line too
+        print(f"etc-nb {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 def run(args: argparse.Namespace) -> None:
@@ -143,14 +162,14 @@ def run(args: argparse.Namespace) -> None:
     elif args.cmd == "train":
         from etc_nb.train import train
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-        print(f"checkpoint: {train(cfg, args.out, resume=not args.no_resume)}")
+        print(f"checkpoint: {train(cfg, args.out, resume=not args.no_resume, device=args.device, workers=args.workers, compile=args.compile, channels_last=args.channels_last)}")
     elif args.cmd == "evaluate":
         from etc_nb.evaluate import evaluate
-        from etc_nb.train import load_checkpoint
+        from etc_nb.checkpoint import load_checkpoint
         model, ck = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(ck["config"])
         res = evaluate(model.to(args.device), args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
-                       num_classes=cfg.num_classes, flows=tuple(f for f in args.flows.split(",") if f))
+                       num_classes=cfg.num_classes, flows=tuple(_flow(f, args) for f in args.flows.split(",") if f))
         summary = {k: v for k, v in res.items() if k != "per_class_iou"}
         print(json.dumps(summary, indent=1))
         if args.json:
@@ -176,7 +195,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.cmd == "segment":
         from etc_nb.segment import segment_video
         res = segment_video(args.input, args.out, _load_model(args), labels_dir=args.labels, backend=args.backend,
-                            device=args.device, flow=None if args.flow == "none" else args.flow)
+                            device=args.device, flow=None if args.flow == "none" else _flow(args.flow, args))
         tc = f", TC {res['TC']:.2f} % ({args.flow} flow)" if "TC" in res else ""
         print(f"{res['frames']} frames, {res['fps']:.2f} fps inference ({res['fps_total']:.2f} fps with I/O){tc}")
         print(f"written: {args.out}" + (f" and {args.labels}/" if args.labels else ""))
@@ -189,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
         model = None if args.labels is not None else _load_model(args)
         names = args.class_names.split(",") if args.class_names else None
         res = video_tc(args.frames, labels=args.labels, model=model, out=args.out, num_classes=args.num_classes,
-                       flow=args.flow, cache_dir=args.cache, ignore_index=args.ignore_index, mode=args.mode,
+                       flow=_flow(args.flow, args), cache_dir=args.cache, ignore_index=args.ignore_index, mode=args.mode,
                        class_names=names, backend=args.backend, device=args.device)
         print(tc_report(res))
         print(f"written: {', '.join(res['files'])}")

@@ -13,7 +13,9 @@ import pandas as pd
 from .data.synthetic import generate_benchmark
 from .evaluate import evaluate
 from .io import atomic_write
-from .train import TrainConfig, load_checkpoint, train
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .train import train
 from .viz import plot_accuracy_vs_consistency
 
 # %% auto #0

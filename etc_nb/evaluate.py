@@ -37,8 +37,9 @@ def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_cl
              flows=None, batch_size: int = 8, progress: bool = True) -> dict:
     """Evaluate `model` on every sequence of `dataset` at `root`/`split`.
 
-    `num_classes`: the model's class count (default: the dataset's); `flows`: flow sources for TC
-    (default `default_flows(dataset)`). Returns a dict: `mIoU` (percent, over all labelled frames, without the
+    `num_classes`: the model's class count (default: the dataset's); `flows`: flow sources for TC, names
+    ('gt', 'dis', 'raft_small', ...) or `FlowEstimator`s such as a RAFT with its weights (default
+    `default_flows(dataset)`). Returns a dict: `mIoU` (percent, over all labelled frames, without the
     dataset's `ignore_in_miou` classes), `mIoU_all` (over every class), `pixel_acc`, `TC_<flow>` for each flow
     source (percent, Eq. 5–6: averaged per sequence, then over sequences), `per_class_iou` `(K,)` (percent),
     `ignore_in_miou`, `n_sequences`, `n_frames` and `fps` (inference only)."""
@@ -52,9 +53,11 @@ def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_cl
         raise ValueError(f"num_classes={num_classes}, but dataset {dataset!r} at {root} has {k} classes")
     flows = default_flows(dataset) if flows is None else tuple(flows)
     # one reader per flow source, used only for its flows (frames and labels come from `ds`)
-    flow_sets = {src: get_dataset(dataset, root, split, mode="sequence", flow=src) for src in flows}
+    # a source is a name ('gt', 'dis', ...) or a FlowEstimator (e.g. RAFT with its weights), reported by its name
+    flow_sets = {src if isinstance(src, str) else src.name: get_dataset(dataset, root, split, mode="sequence", flow=src)
+                 for src in flows}
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    tcs = {src: [] for src in flows}
+    tcs = {src: [] for src in flow_sets}
     n_frames, infer_s = 0, 0.0
     for i, key in enumerate(tqdm(list(ds.snippets), desc="evaluate", disable=not progress, leave=False)):
         item = ds[i]

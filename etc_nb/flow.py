@@ -17,8 +17,9 @@ import torch
 from .io import atomic_write, read_image
 
 # %% auto #0
-__all__ = ['FLOW_ESTIMATORS', 'write_flo', 'read_flo', 'frame_id', 'flow_to_tensor', 'flow_to_numpy', 'FlowEstimator', 'DISFlow',
-           'get_flow_estimator', 'FlowCache']
+__all__ = ['FLOW_ESTIMATORS', 'FLOW_FORMATS', 'write_flo', 'read_flo', 'frame_id', 'flow_to_tensor', 'flow_to_numpy',
+           'FlowEstimator', 'DISFlow', 'get_flow_estimator', 'write_flow_png', 'read_flow_png', 'png_quantize',
+           'FlowCache']
 
 # %% ../nbs/01_flow.ipynb #c006
 _FLO_MAGIC = 202021.25
@@ -150,56 +151,122 @@ class DISFlow(FlowEstimator):
         self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.preset])
 
 # %% ../nbs/01_flow.ipynb #c028
+def _raft(name: str, **kw) -> FlowEstimator:
+    from etc_nb.raft import RAFTFlow            # imported on use: etc_nb.raft builds on this module
+    return RAFTFlow(name, **kw)
+
 FLOW_ESTIMATORS = {"dis": partial(DISFlow, "medium"),
-                   **{f"dis_{p}": partial(DISFlow, p) for p in _DIS_PRESETS}}
+                   **{f"dis_{p}": partial(DISFlow, p) for p in _DIS_PRESETS},
+                   "raft_small": partial(_raft, "raft_small"), "raft_large": partial(_raft, "raft_large")}
 
 
-def get_flow_estimator(name: str) -> FlowEstimator:
-    "A new estimator registered in `FLOW_ESTIMATORS` under `name` ('dis' is DIS with the 'medium' preset)."
+def get_flow_estimator(name: str, **kw) -> FlowEstimator:
+    """A new estimator registered in `FLOW_ESTIMATORS` under `name` ('dis' is DIS with the 'medium' preset);
+    `kw` go to its factory (RAFT: `weights`, `device`, `num_flow_updates`)."""
     if name not in FLOW_ESTIMATORS:
         raise ValueError(f"unknown flow estimator {name!r}; expected one of {sorted(FLOW_ESTIMATORS)}")
-    return FLOW_ESTIMATORS[name]()
+    return FLOW_ESTIMATORS[name](**kw)
+
+# %% ../nbs/01_flow.ipynb #na249ef
+_PNG_SCALE, _PNG_ZERO, _PNG_MAX = 64.0, 2 ** 15, (2 ** 16 - 1 - 2 ** 15) / 64.0
+
+def write_flow_png(path: str | os.PathLike, flow: np.ndarray) -> Path:
+    """Write `flow` `(H,W,2)` in pixels to `path` as a KITTI 16-bit flow PNG (1/64 px steps); returns the path.
+    Non-finite values are stored as invalid pixels; written to a temporary file and renamed."""
+    path = Path(path)
+    flow = np.asarray(flow, np.float32)
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"{path}: flow must have shape (H,W,2), got {flow.shape}")
+    valid = np.isfinite(flow).all(-1)
+    big = np.abs(np.where(valid[..., None], flow, 0)).max(initial=0)
+    if big > _PNG_MAX:
+        raise ValueError(f"{path}: flow reaches {big:.1f} px, beyond the ±{_PNG_MAX:.0f} px of the 16-bit PNG "
+                         "format; store it as .flo (FlowCache(..., fmt='flo'))")
+    q = np.zeros(flow.shape[:2] + (3,), np.uint16)
+    q[..., :2] = np.where(valid[..., None], np.rint(flow * _PNG_SCALE) + _PNG_ZERO, 0)  # nan*0 never reaches the cast
+    q[..., 2] = valid
+    ok, buf = cv2.imencode(".png", q[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])  # OpenCV writes BGR: u lands in R
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the flow as a PNG")
+    atomic_write(path, buf.tobytes())
+    return path
+
+def read_flow_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a KITTI 16-bit flow PNG into a writable `(H,W,2)` float32 array in pixels (NaN where invalid).
+    A missing file raises `FileNotFoundError`, anything but a 3-channel 16-bit PNG a `ValueError` naming it."""
+    path = Path(path)
+    data = np.frombuffer(path.read_bytes(), np.uint8)      # FileNotFoundError already names the path
+    q = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if q is None or q.dtype != np.uint16 or q.ndim != 3 or q.shape[2] != 3:
+        desc = "not a decodable image" if q is None else f"a {q.dtype} image of shape {q.shape}"
+        raise ValueError(f"{path}: expected a KITTI flow PNG (3 channels u, v, valid; 16 bits), got {desc}")
+    q = q[..., ::-1]
+    flow = (q[..., :2].astype(np.float32) - _PNG_ZERO) / _PNG_SCALE
+    flow[q[..., 2] == 0] = np.nan
+    return flow
+
+def png_quantize(flow: np.ndarray) -> np.ndarray:
+    "What `read_flow_png` returns for `flow` `(H,W,2)` written by `write_flow_png`, computed in memory."
+    return (np.rint(np.asarray(flow, np.float32) * _PNG_SCALE) / _PNG_SCALE).astype(np.float32)
 
 # %% ../nbs/01_flow.ipynb #c036
+FLOW_FORMATS = {"flo": (".flo", write_flo, read_flo, lambda f: np.asarray(f, np.float32)),
+                "png16": (".png", write_flow_png, read_flow_png, png_quantize)}   # format: (suffix, writer, reader, stored value)
+
 class FlowCache:
-    """Flows `(H,W,2)` float32 stored as `cache_dir/{frame_id(ref)}__{frame_id(tgt)}.flo`.
+    """Flows `(H,W,2)` float32 stored as `cache_dir/{frame_id(ref)}__{frame_id(tgt)}.flo` (`fmt="flo"`) or
+    `.png` (`fmt="png16"`, KITTI 16-bit PNG: 1/64 px steps, several times smaller).
 
     `estimator`: a `FlowEstimator` (or its registered name) that computes missing flows, or None for a
-    read-only source of flows produced elsewhere (e.g. ground truth)."""
-    def __init__(self, cache_dir: str | os.PathLike, estimator: FlowEstimator | str | None = None):
-        self.cache_dir = Path(cache_dir)
+    read-only source of flows produced elsewhere (e.g. ground truth). New flows are written in `fmt`; a flow
+    stored in the other format is read as well, so caches written before `fmt` existed keep working."""
+    def __init__(self, cache_dir: str | os.PathLike, estimator: FlowEstimator | str | None = None, fmt: str = "flo"):
+        if fmt not in FLOW_FORMATS:
+            raise ValueError(f"fmt: expected one of {sorted(FLOW_FORMATS)}, got {fmt!r}")
+        self.cache_dir, self.fmt = Path(cache_dir), fmt
         self.estimator = get_flow_estimator(estimator) if isinstance(estimator, str) else estimator
 
-    def path(self, ref_path: str | os.PathLike, tgt_path: str | os.PathLike) -> Path:
-        "File holding the flow from frame `ref_path` to frame `tgt_path`."
-        return self.cache_dir / f"{frame_id(ref_path)}__{frame_id(tgt_path)}.flo"
+    def path(self, ref_path: str | os.PathLike, tgt_path: str | os.PathLike, fmt: str | None = None) -> Path:
+        "File holding the flow from frame `ref_path` to frame `tgt_path` in `fmt` (default: the cache's)."
+        return self.cache_dir / f"{frame_id(ref_path)}__{frame_id(tgt_path)}{FLOW_FORMATS[fmt or self.fmt][0]}"
 
     def put(self, ref_path, tgt_path, flow: np.ndarray) -> Path:
-        "Store `flow` `(H,W,2)` from `ref_path` to `tgt_path` (atomically); returns its file."
-        return write_flo(self.path(ref_path, tgt_path), flow)
+        "Store `flow` `(H,W,2)` from `ref_path` to `tgt_path` (atomically, in the cache's format); returns its file."
+        return FLOW_FORMATS[self.fmt][1](self.path(ref_path, tgt_path), flow)
+
+    def _read(self, ref_path, tgt_path) -> tuple[np.ndarray, Path]:
+        "The stored flow and its file, in the cache's format or else the other; FileNotFoundError naming the first."
+        for fmt in (self.fmt, *(f for f in FLOW_FORMATS if f != self.fmt)):
+            p = self.path(ref_path, tgt_path, fmt)
+            try:
+                return FLOW_FORMATS[fmt][2](p), p    # EAFP, not exists()+read: no window between the two
+            except FileNotFoundError:
+                pass
+        raise FileNotFoundError(errno.ENOENT, f"no flow from {ref_path} to {tgt_path} in this cache",
+                                str(self.path(ref_path, tgt_path)))
 
     def get(self, ref_path, tgt_path, ref_img: np.ndarray | None = None,
             tgt_img: np.ndarray | None = None) -> np.ndarray:
         """Flow `(H,W,2)` float32 from frame `ref_path` to frame `tgt_path`: the stored one, else computed.
 
         `ref_img`/`tgt_img`: the frames as uint8 RGB `(H,W,3)` if already in memory; otherwise they are
-        read from the paths, and only when the flow must be computed."""
-        p = self.path(ref_path, tgt_path)
+        read from the paths, and only when the flow must be computed. A computed flow is returned as it is
+        stored (1/64 px steps in png16), so the first run and every later one see the same values."""
         try:
-            flow = read_flo(p)  # EAFP, not exists()+read: one system call and no window between the two
-        except FileNotFoundError:
+            flow, p = self._read(ref_path, tgt_path)
+        except FileNotFoundError as e:
             if self.estimator is None:
-                raise FileNotFoundError(errno.ENOENT, f"no flow from {ref_path} to {tgt_path} in this"
-                                        " cache and no estimator to compute it", str(p)) from None
+                raise FileNotFoundError(errno.ENOENT, f"{e.strerror} and no estimator to compute it",
+                                        e.filename) from None
             ref_img = read_image(ref_path) if ref_img is None else ref_img
             tgt_img = read_image(tgt_path) if tgt_img is None else tgt_img
             flow = self.estimator(ref_img, tgt_img)
-            write_flo(p, flow)
-            return flow
+            self.put(ref_path, tgt_path, flow)
+            return FLOW_FORMATS[self.fmt][3](flow)
         if ref_img is not None and flow.shape[:2] != ref_img.shape[:2]:
             raise ValueError(f"{p}: cached flow is {flow.shape[1]}x{flow.shape[0]} but the image is"
                              f" {ref_img.shape[1]}x{ref_img.shape[0]}; stale cache from another resolution?")
         return flow
 
     def __repr__(self):
-        return f"FlowCache({str(self.cache_dir)!r}, estimator={self.estimator!r})"
+        return f"FlowCache({str(self.cache_dir)!r}, estimator={self.estimator!r}, fmt={self.fmt!r})"

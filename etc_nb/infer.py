@@ -41,7 +41,7 @@ def load_model(checkpoint=None, model: str | None = None, num_classes: int | Non
     """The network to deploy, in eval mode: from the `train` checkpoint `checkpoint` (checked against `model`
     and `num_classes` when given), else the registry's `model` with random weights and `num_classes` (19)."""
     if checkpoint is not None:
-        from etc_nb.train import load_checkpoint
+        from etc_nb.checkpoint import load_checkpoint
         return load_checkpoint(checkpoint, model_name=model, num_classes=num_classes)[0]
     if model is None:
         raise ValueError("give a checkpoint or a model name")

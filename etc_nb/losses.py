@@ -30,13 +30,18 @@ def segmentation_loss(out: dict, label: torch.Tensor, aux_weight: float = 0.4,
                       ignore_index: int = 255) -> torch.Tensor:
     """Cross-entropy of `out['logits']` `(B,C,h,w)` against `label` `(B,H,W)` int64, plus
     `aux_weight` × the cross-entropy of `out['aux']` when the model returned one (training mode):
-    one `(B,C,h',w')` tensor, or a tuple of them (several auxiliary heads, each weighted `aux_weight`)."""
+    one `(B,C,h',w')` tensor, or a tuple of them (several auxiliary heads, each weighted `aux_weight`).
+    Each cross-entropy is the mean over the labelled pixels; a batch without any (all `ignore_index`, e.g.
+    pseudo labels below their confidence threshold) has loss 0, not torch's 0/0 = NaN."""
     size = label.shape[-2:]
-    loss = F.cross_entropy(upsample_like(out["logits"], size), label, ignore_index=ignore_index)
+    n = (label != ignore_index).sum().clamp(min=1)
+    # the sum over n equals torch's mean reduction bit for bit when n > 0
+    ce = lambda z: F.cross_entropy(upsample_like(z, size), label, ignore_index=ignore_index, reduction="sum") / n
+    loss = ce(out["logits"])
     if "aux" in out and aux_weight:
         aux = out["aux"] if isinstance(out["aux"], (tuple, list)) else (out["aux"],)
         for a in aux:
-            loss = loss + aux_weight * F.cross_entropy(upsample_like(a, size), label, ignore_index=ignore_index)
+            loss = loss + aux_weight * ce(a)
     return loss
 
 # %% ../nbs/03_losses.ipynb #c010

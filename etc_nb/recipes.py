@@ -23,7 +23,10 @@ from .evaluate import evaluate, predict
 from .io import atomic_write
 from .metrics import confusion_matrix, iou_from_confusion, mean_tc, temporal_consistency
 from .models import count_params
-from .train import TrainConfig, load_checkpoint, train, training_set
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .loader import training_set
+from .train import train
 
 # %% auto #0
 __all__ = ['RECIPES', 'EVALUATION', 'TRIMAP_LEVELS', 'epochs_to_steps', 'recipe', 'ytvis_holdout', 'sequences_tc',
@@ -188,10 +191,11 @@ def _schemes(dataset: str, schemes) -> tuple[str, ...]:
     return (schemes,) if isinstance(schemes, str) else tuple(schemes)
 
 def run_recipe(dataset: str, root, out, schemes=None, seeds: int = 1, flow_eval: str = "dis", device=None,
-               progress: bool = True, **overrides) -> pd.DataFrame:
+               progress: bool = True, workers: int | None = None, **overrides) -> pd.DataFrame:
     """Train `dataset`'s recipe for each scheme of `schemes` (default: baseline and the recipe's scheme) and each
-    seed `0..seeds-1` (on `device`, e.g. "cuda"; default the CPU), evaluate each run with `recipe_metrics`, write
-    `out/results.csv` and `out/results.md`.
+    seed `0..seeds-1` (on `device`, e.g. "cuda"; default the CPU; batches prepared by `workers` DataLoader
+    workers, default from the CPU count), evaluate each run with `recipe_metrics`, write `out/results.csv` and
+    `out/results.md`.
 
     `overrides`: `TrainConfig` fields (or `epochs`) changing the recipe; None values are ignored (papermill's
     "recipe default"). YouTube-VIS first holds out `EVALUATION["ytvis"]["holdout"]` of its train videos
@@ -207,7 +211,7 @@ def run_recipe(dataset: str, root, out, schemes=None, seeds: int = 1, flow_eval:
     for seed in range(seeds):
         for scheme in _schemes(dataset, schemes):
             cfg = recipe(dataset, root=str(root), scheme=scheme, seed=seed, **overrides)
-            ckpt = train(cfg, out / "runs" / f"{scheme}_seed{seed}", progress=progress, device=device)
+            ckpt = train(cfg, out / "runs" / f"{scheme}_seed{seed}", progress=progress, device=device, workers=workers)
             model, ck = load_checkpoint(ckpt)
             model.to(device or "cpu")                           # evaluate where it trained
             res = recipe_metrics(model, dataset, root, cfg.num_classes, flow_eval, progress=progress)

@@ -42,12 +42,12 @@ def label_files(folder) -> list[Path]:
 # %% ../nbs/14_tc.ipynb #c008
 def tc_flow_cache(frames, cache_dir, flow: str | FlowEstimator = "dis_fast") -> FlowCache:
     """The `FlowCache` of the flows between consecutive frames of `frames` (a video file or frame folder):
-    `cache_dir/{flow name}/{source name}-{hash of its absolute path, size and modification time}/`."""
+    `cache_dir/{flow name}/{source name}-{hash of its absolute path, size and modification time}/`, as 16-bit PNGs."""
     source = Path(frames).resolve()
     st = source.stat()
     key = hashlib.sha1(f"{source}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
-    return FlowCache(Path(cache_dir) / estimator.name / f"{source.name}-{key}", estimator)
+    return FlowCache(Path(cache_dir) / estimator.name / f"{source.name}-{key}", estimator, fmt="png16")
 
 def _pair_ids(t: int) -> tuple[str, str]:
     "Cache keys of the frames of pair t: its frame indices."

@@ -85,7 +85,7 @@ def test_camvid_sequence_clips_count_every_label_once_with_flows(cam, tmp_path):
     assert [len(it["frames"]) for it in items] == [4, 4, 3]       # Seq05VD frames 0..10
     assert sum(int(it["labelled"].sum()) for it in items) == 3     # the three test stills
     assert all(it["flows"].shape == (len(it["frames"]) - 1, 2, 24, 32) for it in items)
-    cached = sorted((tmp_path / "dis_ultrafast" / "test" / "Seq05VD").glob("*.flo"))
+    cached = sorted((tmp_path / "dis_ultrafast" / "test" / "Seq05VD").glob("*.png"))
     assert len(cached) == 3 + 3 + 2
     again = CamVid(cam, "test", mode="sequence", clip=4, margin=2, flow="dis_ultrafast", cache_dir=tmp_path)
     assert torch.equal(again[1]["flows"], items[1]["flows"])        # read back from the cache

@@ -6,7 +6,7 @@ The scheme is `tl+mf+rs`, so one launch covers the triplets and flows of `tl`, t
 batch (`neighbours=1`), the MF ConvLSTM (trained under DDP with the student) and a frozen teacher. The student is
 ESPNetv2: no dropout (dropout masks are drawn per shard, see the notebook), batch norms (synchronised on the CPU by
 `CPUSyncBatchNorm`) and three parameters unused in training (DDP's static graph). The default scale range 0.75-1.5
-with 32x32 crops pads some items with ignore pixels, so the CE weighting of `_global_ce` matters.
+with 32x32 crops pads some items with ignore pixels, so the CE weighting of `etc_nb.distributed.global_ce` matters.
 
 Both runs train in float64, so that the comparison is sharp. In float32 the two runs differ by float rounding,
 amplified by training from random weights (at 32x32 the deepest batch norms normalise a handful of values: the float32
@@ -29,17 +29,21 @@ import pandas as pd
 import pytest
 import torch
 
+import etc_nb.loader as L
 import etc_nb.train as T
 from etc_nb.data.synthetic import generate_benchmark
-from etc_nb.train import TrainConfig, batch_keys, train, training_set
+from etc_nb.config import TrainConfig
+from etc_nb.loader import batch_keys, training_set
+from etc_nb.train import train
 
 torch.set_num_threads(1)
 ATOL, RTOL = 1e-9, 1e-7
+TIMING = ["seconds", "data_s", "compute_s"]                      # wall times differ between runs
 
 # Train in float64: networks are built in the default dtype, batches are cast when collated.
 FLOAT64 = """
 torch.set_default_dtype(torch.float64)
-T.collate = lambda items, collate=T.collate: {k: v.double() if v.is_floating_point() else v
+L.collate = lambda items, collate=L.collate: {k: v.double() if v.is_floating_point() else v
                                               for k, v in collate(items).items()}
 """
 
@@ -49,13 +53,15 @@ SCRIPT = """
 import json, os, sys
 from pathlib import Path
 import torch
+import etc_nb.checkpoint as C
+import etc_nb.loader as L
 import etc_nb.train as T
 """ + FLOAT64 + """
 cfg, out, stop_after, dump = T.TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 states, writes = [], []
-create, save, write = T.TrainState.create, T.atomic_save, T.atomic_write
+create, save, write = T.TrainState.create, C.atomic_save, T.atomic_write
 T.TrainState.create = staticmethod(lambda *a, **k: states.append(create(*a, **k)) or states[-1])
-T.atomic_save = lambda obj, path: writes.append(Path(path).name) or save(obj, path)
+C.atomic_save = lambda obj, path: writes.append(Path(path).name) or save(obj, path)
 T.atomic_write = lambda path, *chunks: writes.append(Path(path).name) or write(path, *chunks)
 T.train(cfg, out, stop_after=stop_after)
 st = states[0]
@@ -68,13 +74,13 @@ torch.save({"model": st.model.state_dict(), "mf": st.mf.state_dict(), "writes": 
 @contextmanager
 def float64():
     "Train in float64 in this process (as FLOAT64 does in the launched ones)."
-    collate = T.collate
+    collate = L.collate
     try:
-        exec(FLOAT64, {"torch": torch, "T": T})
+        exec(FLOAT64, {"torch": torch, "L": L})
         yield
     finally:
         torch.set_default_dtype(torch.float32)
-        T.collate = collate
+        L.collate = collate
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +156,9 @@ def test_two_processes_train_like_one_and_resume(cfg, single, tmp_path):
     for part in ("model", "mf"):
         assert_close(ckpt[part], ref5[part])
     assert_close(torch.load(tmp_path / "dump5/rank1.pt", weights_only=False)["model"], ckpt["model"], exact=True)
-    log = pd.read_csv(out / "train_log.csv").drop(columns="seconds")       # the losses of the global batches
+    log = pd.read_csv(out / "train_log.csv").drop(columns=TIMING)         # the losses of the global batches
     assert set(log.columns) == {"epoch", "step", "lr", "loss", "ce", "tl", "mf", "mf_reg"}
-    pd.testing.assert_frame_equal(log, pd.DataFrame(ref5["history"]).drop(columns="seconds"), atol=ATOL, rtol=RTOL)
+    pd.testing.assert_frame_equal(log, pd.DataFrame(ref5["history"]).drop(columns=TIMING), atol=ATOL, rtol=RTOL)
 
     with float64():                                  # a distributed checkpoint is a single-process one
         ckpt = torch.load(train(cfg, tmp_path / "one", progress=False), weights_only=False)

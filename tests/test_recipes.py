@@ -11,7 +11,9 @@ import torch
 from etc_nb.data import camvid, cityscapes, get_dataset, videomatting, vw300mask, ytvis
 from etc_nb.evaluate import predict
 from etc_nb.metrics import confusion_matrix, iou_from_confusion, temporal_consistency
-from etc_nb.train import TrainConfig, load_checkpoint, train
+from etc_nb.checkpoint import load_checkpoint
+from etc_nb.config import TrainConfig
+from etc_nb.train import train
 
 NBS = Path(__file__).resolve().parents[1] / "nbs" / "runs"
 TINY = dict(steps=1, seeds=1, batch_size=2)

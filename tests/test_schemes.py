@@ -14,8 +14,11 @@ from etc_nb.data.synthetic import generate_benchmark
 from etc_nb.evaluate import evaluate
 from etc_nb.losses import segmentation_loss
 from etc_nb.models import create_model
-from etc_nb.train import (SCHEME_TERMS, TrainConfig, TrainState, batch_keys, collate, load_teacher, parse_scheme,
-                          train, training_loss, training_set)
+from etc_nb.checkpoint import load_teacher
+from etc_nb.config import SCHEME_TERMS, TrainConfig, parse_scheme
+from etc_nb.loader import batch_keys, collate, training_set
+from etc_nb.objective import training_loss
+from etc_nb.train import TrainState, train
 
 torch.set_num_threads(1)
 LAMS = dict(lam=0.5, lam_pf=2.0, lam_mf=3.0, lam_sf=4.0)          # distinct weights: the sum can be checked
@@ -75,7 +78,7 @@ def test_scheme_flags_select_exactly_their_losses(base, teacher, scheme, terms):
 def test_train_log_has_one_column_per_active_term(base, teacher, tmp_path):
     train(replace(base, scheme="tl+pf", teacher=teacher), tmp_path, progress=False)
     log = pd.read_csv(tmp_path / "train_log.csv")
-    assert set(log.columns) == {"epoch", "step", "lr", "seconds", "loss", "ce", "tl", "pf"}
+    assert set(log.columns) == {"epoch", "step", "lr", "seconds", "loss", "ce", "tl", "pf", "data_s", "compute_s"}
     assert (log[["tl", "pf"]] > 0).all().all()
 
 
@@ -118,8 +121,9 @@ def test_resume_with_mf_is_exact(base, teacher, tmp_path):
     assert any(not torch.equal(init[k], full["mf"][k]) for k in init)      # the ConvLSTM trained ...
     for part in ("mf", "model"):                                           # ... and resumed exactly, as the student
         assert all(torch.equal(full[part][k], split[part][k]) for k in full[part]), part
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full/train_log.csv").drop(columns="seconds"),
-                                  pd.read_csv(tmp_path / "split/train_log.csv").drop(columns="seconds"))
+    timing = ["seconds", "data_s", "compute_s"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full/train_log.csv").drop(columns=timing),
+                                  pd.read_csv(tmp_path / "split/train_log.csv").drop(columns=timing))
 
 
 def test_pl_without_pseudo_root_is_an_error(base, tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image
 
 import etc_nb.flow
 from etc_nb.cli import main
-from etc_nb.flow import flow_to_tensor, read_flo
+from etc_nb.flow import flow_to_tensor
 from etc_nb.metrics import pair_confusions, temporal_consistency
 from etc_nb.models import create_model
 from etc_nb.tc import _pair_ids, tc_flow_cache, video_tc
@@ -201,7 +201,7 @@ def test_model_on_a_video_file_equals_temporal_consistency_and_reuses_the_cache(
     with torch.inference_mode():
         preds = upsample_like(net(torch.stack([to_tensor(f) for f in frames]))["logits"], (64, 96)).argmax(1)
     cache = tc_flow_cache(video, tmp_path / "out" / "flow_cache")
-    flows = torch.cat([flow_to_tensor(read_flo(cache.path(*_pair_ids(t)))) for t in range(3)])
+    flows = torch.cat([flow_to_tensor(cache.get(*_pair_ids(t))) for t in range(3)])     # as stored (16-bit PNG)
     assert r1["TC"] == pytest.approx(temporal_consistency(preds, flows, 3), abs=1e-9)
     r2 = video_tc(video, model=net, out=tmp_path / "out", backend="eager", progress=False)
     assert r2["flows_computed"] == 0 and len(calls) == 3 and r2["TC"] == r1["TC"]
@@ -233,7 +233,7 @@ def test_cli_on_label_pngs_writes_files_and_reuses_flows(tmp_path, capsys):
     assert summary["TC"] == pytest.approx(pairs["tc"].mean()) and 0 < summary["TC"] < 100
     assert pd.read_csv(out / "tc_per_class.csv")["name"].tolist() == ["a", "b", "c", "d"]
     assert (out / "tc.png").read_bytes()[:4] == b"\x89PNG"
-    flo = sorted((out / "flow_cache").rglob("*.flo"))
+    flo = sorted((out / "flow_cache").rglob("*.png"))          # the compact 16-bit PNG cache
     stamps = [p.stat().st_mtime_ns for p in flo]
     assert len(flo) == 4
     assert main(args) == 0

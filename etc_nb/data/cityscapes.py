@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import VideoAugment, to_tensor
-from ..flow import DISFlow, FlowCache, frame_id
+from ..flow import FLOW_ESTIMATORS, FlowCache, FlowEstimator, frame_id, get_flow_estimator
 from ..io import read_image, read_label
 
 # %% auto #0
@@ -40,12 +40,12 @@ _MODES = ("frame", "triplet", "sequence")
 
 
 class _FlowSource:
-    "Picklable factory of the flow cache of one folder (a city, a sequence): `FlowCache(base / folder, estimator)`."
-    def __init__(self, base, estimator=None):
-        self.base, self.estimator = Path(base), estimator
+    "Picklable factory of the flow cache of one folder (a city, a sequence): `FlowCache(base / folder, estimator, fmt)`."
+    def __init__(self, base, estimator=None, fmt: str = "flo"):
+        self.base, self.estimator, self.fmt = Path(base), estimator, fmt
 
     def __call__(self, folder: str) -> FlowCache:
-        return FlowCache(self.base / folder, self.estimator)
+        return FlowCache(self.base / folder, self.estimator, self.fmt)
 
 
 class CityscapesVideo(Dataset):
@@ -60,8 +60,9 @@ class CityscapesVideo(Dataset):
       frame has no label), `labelled` `(T,)` bool (ground truth), `pseudo` `(T,)` bool (pseudo label),
       `names`, and with `flow` set `flows` `(T-1,2,H,W)` from frame t to t+1.
 
-    `flow`: None, "gt" (the `flow_gt/` files the synthetic benchmark ships) or an OpenCV DIS preset
-    name ("dis", "dis_fast", "dis_ultrafast"), computed once and cached under `cache_dir`
+    `flow`: None, "gt" (the `flow_gt/` files the synthetic benchmark ships), an estimator name of
+    `etc_nb.flow.FLOW_ESTIMATORS` ("dis", "dis_fast", "dis_ultrafast", "raft_small", ...) or a `FlowEstimator`
+    (e.g. RAFT with its weights), computed once and cached (16-bit PNG) under `cache_dir`
     (default `root/flow_cache`). `augment` (training) is applied identically to the whole tuple.
     `pseudo_root`: pseudo labels written by `etc_nb.pseudo.write_pseudo_labels`; frames without ground
     truth take their label from there, and in frame/triplet mode every frame with a ground-truth or pseudo
@@ -134,10 +135,13 @@ class CityscapesVideo(Dataset):
             return None
         if flow == "gt":
             return _FlowSource(self.root / "flow_gt" / self.split)
-        if isinstance(flow, str) and flow.startswith("dis"):
-            preset = flow.partition("_")[2] or "medium"
-            return _FlowSource(self.cache_dir / f"dis_{preset}" / self.split, DISFlow(preset))
-        raise ValueError(f"flow: expected None, 'gt' or 'dis[_preset]', got {flow!r}")
+        if isinstance(flow, str) and flow in FLOW_ESTIMATORS:
+            flow = get_flow_estimator(flow)
+        if isinstance(flow, FlowEstimator):
+            # computed flows are cached as 16-bit PNGs (1/64 px, ~10x smaller than .flo; older .flo caches are read too)
+            return _FlowSource(self.cache_dir / flow.name / self.split, flow, fmt="png16")
+        raise ValueError(f"flow: expected None, 'gt', an estimator name ({', '.join(FLOW_ESTIMATORS)}) or a "
+                         f"FlowEstimator, got {flow!r}")
 
     def _find_label(self, key, f):
         city, seq = key

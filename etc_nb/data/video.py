@@ -50,7 +50,7 @@ class FrameSequences(CityscapesVideo):
     `mode="sequence"` gives `frames` `(T,3,H,W)`, `labels` `(T,H,W)`, `labelled` `(T,)`, `pseudo` `(T,)`,
     `names` and, with `flow`, `flows` `(T-1,2,H,W)`).
 
-    `flow`: None or an OpenCV DIS preset (`"dis"`, `"dis_fast"`, `"dis_ultrafast"`), cached under
+    `flow`: None, an estimator name (`"dis"`, `"dis_fast"`, `"raft_small"`, ...) or a `FlowEstimator`, cached under
     `cache_dir` (default `root/flow_cache`). `clip`: in `mode="sequence"`, sequences are cut into
     consecutive clips of at most `clip` frames (None: whole sequences). `sequences`: names of the
     sequences to keep (None: all). `pseudo_root`: pseudo labels of the frames without ground truth. Class
@@ -92,9 +92,9 @@ class FrameSequences(CityscapesVideo):
         raise NotImplementedError
 
     def _flow_source(self, flow):
-        if flow is not None and (not isinstance(flow, str) or not flow.startswith("dis")):
-            raise ValueError(f"flow: {type(self).__name__} ships no ground-truth flow; expected None, 'dis', "
-                             f"'dis_fast' or 'dis_ultrafast', got {flow!r}")
+        if flow == "gt":
+            raise ValueError(f"flow: {type(self).__name__} ships no ground-truth flow; expected None, an estimator "
+                             "name ('dis', 'dis_fast', 'raft_small', ...) or a FlowEstimator, got 'gt'")
         return super()._flow_source(flow)
 
     def _ids_to_label(self, raw: np.ndarray, path) -> np.ndarray:
