@@ -17,7 +17,7 @@ import pandas as pd
 from .data.synthetic import generate_benchmark
 from .demo import DEMO_SETTINGS, markdown_table, summarize
 from .evaluate import evaluate
-from .io import atomic_write
+from .io import atomic_save, atomic_write
 from .pseudo import write_pseudo_labels
 from .checkpoint import load_checkpoint
 from .config import DISTILL_TERMS, TrainConfig, parse_scheme
@@ -25,8 +25,8 @@ from .train import train
 
 # %% auto #0
 __all__ = ['TEACHER_TERMS', 'TABLE_I', 'TABLE_II', 'TABLE_III', 'TABLES', 'ABLATION_SETTINGS', 'Arm', 'check_arms',
-           'ablation_base', 'teacher_config', 'run_folder', 'teacher_pseudo_labels', 'tc_columns', 'ablation_table',
-           'plot_ablation', 'run_ablation', 'papermill_command', 'run_table']
+           'ablation_base', 'teacher_config', 'run_folder', 'teacher_pseudo_labels', 'pretrain_backbone', 'tc_columns',
+           'ablation_table', 'plot_ablation', 'run_ablation', 'papermill_command', 'run_table']
 
 # %% ../nbs/15_ablation.ipynb #c006
 TEACHER_TERMS = DISTILL_TERMS | {"pl"}   # terms that need a trained teacher (pl: its pseudo labels)
@@ -173,6 +173,22 @@ def teacher_pseudo_labels(ckpt, cfg: TrainConfig, progress: bool = True, device=
                             progress=progress)
     return root
 
+# %% ../nbs/15_ablation.ipynb #n15dfae
+def pretrain_backbone(base: TrainConfig, model: str, steps: int, out_dir, batch_size: int | None = None,
+                      device=None, progress: bool = True) -> Path:
+    """Train `model` with plain CE on the `pretrain` split of `base`'s dataset for `steps` steps (seed 0, `base`'s
+    crop and augmentation, `batch_size` default `base`'s) in `run_folder(config, out_dir)`, and write its
+    backbone's state dict (torchvision names, the prefix `backbone.` removed) beside the checkpoint as
+    `backbone.pth`, once. Returns that file, for `TrainConfig(pretrained=...)`."""
+    cfg = replace(base, model=model, scheme="baseline", split="pretrain", steps=steps, seed=0, teacher=None,
+                  pseudo_root=None, pretrained=None, batch_size=batch_size or base.batch_size)
+    ckpt = train(cfg, run_folder(cfg, out_dir), progress=progress, device=device)
+    path = ckpt.parent / "backbone.pth"
+    if not path.is_file():
+        state = load_checkpoint(ckpt)[0].state_dict()
+        atomic_save({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}, path)
+    return path
+
 # %% ../nbs/15_ablation.ipynb #c021
 def tc_columns(df: pd.DataFrame) -> list[str]:
     "The TC columns of a results table (`TC_gt`, `TC_dis`, ...), in their order."
@@ -318,21 +334,31 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
               lam: float | None = None, lam_pf: float | None = None, lam_mf: float | None = None,
               lam_sf: float | None = None, teacher_dir="data/cache/teachers", runs_dir="data/cache/runs",
               train_kw: dict | None = None, teacher_kw: dict | None = None, device: str | None = None,
-              progress: bool = True) -> pd.DataFrame:
+              pretrain_steps: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Run paper table `table` ('table1', 'table2', 'table3'; see `TABLES`) with the parameters of its papermill
     notebook `nbs/runs/<table>.ipynb` (None: the default of `ablation_base`; `teacher_steps` None: 400, or 80 with
     `quick`, on the synthetic benchmark, else required; `train_kw`: other `TrainConfig` fields, of students and
-    teachers; `teacher_kw`: `TrainConfig` fields of the teachers only; `device`: see `run_ablation`)."""
+    teachers; `teacher_kw`: `TrainConfig` fields of the teachers only; `device`: see `run_ablation`;
+    `pretrain_steps`: first pretrain the backbones of `model` and `teacher_model` that many steps on the
+    benchmark's pretrain split (`pretrain_backbone`; `bench` must then ask for one, e.g. `{"n_pretrain": 480}`),
+    and start every student and teacher from them)."""
     if table not in TABLES:
         raise ValueError(f"table: expected one of {sorted(TABLES)}, got {table!r}")
     params = dict(out=str(out), dataset=dataset, root=None if root is None else str(root), bench=bench, quick=quick,
                   model=model, teacher_model=teacher_model, crop=crop, steps=steps, teacher_steps=teacher_steps,
                   batch_size=batch_size, seeds=seeds, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
                   teacher_dir=str(teacher_dir), runs_dir=str(runs_dir), train_kw=train_kw or {},
-                  teacher_kw=teacher_kw or {}, device=device)
+                  teacher_kw=teacher_kw or {}, device=device, pretrain_steps=pretrain_steps)
     base = ablation_base(dataset, root, quick=quick, bench=bench, model=model, crop=crop, steps=steps,
                          batch_size=batch_size, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
                          **(train_kw or {}))
+    teacher_kw = dict(teacher_kw or {})
+    if pretrain_steps:
+        pre_dir = Path(teacher_dir) / "pretrain"
+        teacher_kw["pretrained"] = str(pretrain_backbone(base, teacher_model, pretrain_steps, pre_dir, device=device,
+                                                         progress=progress))
+        base = replace(base, pretrained=str(pretrain_backbone(base, model, pretrain_steps, pre_dir, device=device,
+                                                               progress=progress)))
     if teacher_steps is None:
         if dataset != "synthetic":
             raise ValueError(f"teacher_steps: required for dataset {dataset!r}")

@@ -13,7 +13,8 @@ from dataclasses import fields
 from .demo import DEMO_SETTINGS
 from .infer import BACKENDS
 from .io import atomic_write
-from .config import TrainConfig
+from .config import TrainConfig, field_help
+from .flow import FLOW_ESTIMATORS
 
 # %% auto #0
 __all__ = ['parse_size', 'build_parser', 'main', 'run']
@@ -30,98 +31,121 @@ def parse_size(text: str) -> tuple[int, int]:
 
 # %% ../nbs/09_cli.ipynb #c007
 def _train_args(p: argparse.ArgumentParser) -> None:
-    "One option per TrainConfig field (scalars; `--crop HxW`), defaults from TrainConfig."
+    "One option per TrainConfig field (scalars; `--crop HxW`), defaults and help (the field's comment) from TrainConfig."
+    docs = field_help()
     for f in fields(TrainConfig):
-        opt, default = "--" + f.name.replace("_", "-"), f.default
+        opt, default, doc = "--" + f.name.replace("_", "-"), f.default, docs[f.name]
         if f.name == "crop":
-            p.add_argument(opt, type=parse_size, default=default, help="training crop HxW")
+            p.add_argument(opt, type=parse_size, default=default, help=doc, metavar="HxW")
         elif f.name == "scale":
-            p.add_argument(opt, type=float, nargs=2, default=default, help="scale range")
+            p.add_argument(opt, type=float, nargs=2, default=default, help=doc, metavar=("MIN", "MAX"))
         elif isinstance(default, bool):
-            p.add_argument(opt, action=argparse.BooleanOptionalAction, default=default)
+            p.add_argument(opt, action=argparse.BooleanOptionalAction, default=default, help=doc)
         else:
             kind = type(default) if default is not None else str
-            p.add_argument(opt, type=int if f.name == "threads" else kind, default=default)
+            p.add_argument(opt, type=int if f.name == "threads" else kind, default=default, help=doc)
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     "`--checkpoint` and/or `--model`, `--num-classes`: what `etc_nb.infer.load_model` takes."
     p.add_argument("--checkpoint", default=None, help="checkpoint written by `etc-nb train`")
     p.add_argument("--model", default=None, help="registry name (random weights without --checkpoint)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None, help="class count of --model (default: the checkpoint's, else 19)")
+
+def _flow_args(p: argparse.ArgumentParser, default: str, none: bool = False) -> None:
+    "`--flow` (an `etc_nb.flow` estimator name) and `--flow-weights` (RAFT)."
+    p.add_argument("--flow", default=default, help=f"flow estimator: {', '.join(FLOW_ESTIMATORS)}" + (" or 'none' to skip" if none else ""))
+    p.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for --flow raft_*")
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    "Appends '(default: X)' to an option's help, unless it is required or its default is None/False (the help says)."
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="etc-nb", description="Temporally consistent per-frame video segmentation.")
+    "The `etc-nb` parser: one subparser per command, each bound to its `_cmd_*` function; every option documented."
+    fmt = dict(formatter_class=_Help)
+    p = argparse.ArgumentParser(prog="etc-nb", description="Temporally consistent per-frame video segmentation.", **fmt)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synth", help="generate the embedded synthetic video benchmark")
+    s = sub.add_parser("synth", help="generate the embedded synthetic video benchmark", **fmt)
     bench = DEMO_SETTINGS["full"]["bench"]           # defaults: the benchmark `make demo` uses
-    s.add_argument("--root", default="data/synthetic")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--n-train", type=int, default=bench["n_train"])
-    s.add_argument("--n-val", type=int, default=bench["n_val"])
-    s.add_argument("--frames", type=int, default=bench["frames"])
-    s.add_argument("--size", type=parse_size, default=bench["size"])
-    s.add_argument("--nuisance", type=float, default=1.0)
-    t = sub.add_parser("train", help="train one scheme (resumes from OUT/last.pt)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--no-resume", action="store_true")
+    s.add_argument("--root", default="data/synthetic", help="folder to write it to (Cityscapes layout)")
+    s.add_argument("--seed", type=int, default=0, help="seed of every snippet (the output is a function of it)")
+    s.add_argument("--n-train", type=int, default=bench["n_train"], help="training snippets (one labelled frame each)")
+    s.add_argument("--n-val", type=int, default=bench["n_val"], help="validation snippets (every frame labelled)")
+    s.add_argument("--frames", type=int, default=bench["frames"], help="frames per snippet")
+    s.add_argument("--size", type=parse_size, default=bench["size"], metavar="HxW", help="frame size in pixels")
+    s.add_argument("--nuisance", type=float, default=1.0, help="strength of the per-frame nuisances (0: clean)")
+    s.add_argument("--n-pretrain", type=int, default=0,
+                   help="snippets of the pretrain split (every frame labelled; backbone pretraining)")
+    s.set_defaults(func=_cmd_synth)
+    t = sub.add_parser("train", help="train one scheme (resumes from OUT/last.pt)", **fmt)
+    t.add_argument("--out", required=True, help="run folder: last.pt, config.json, train_log.csv")
+    t.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     t.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes preparing batches (default: from the CPU count; 0: none)")
-    t.add_argument("--device", default=None, help="where to train (default: cpu; cuda:LOCAL_RANK under torchrun with GPUs)")
+                   help="DataLoader worker processes preparing batches (None: from the CPU count; 0: none)")
+    t.add_argument("--device", default=None, help="where to train (None: cpu; cuda:LOCAL_RANK under torchrun with GPUs)")
     t.add_argument("--compile", action="store_true", help="train a torch.compile'd forward")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory format (default: on CUDA)")
+                   help="NHWC memory format (None: on CUDA)")
     _train_args(t)
-    e = sub.add_parser("evaluate", help="mIoU and TC of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--root", default=None, help="dataset root (default: the one it was trained on)")
-    e.add_argument("--dataset", default=None)
-    e.add_argument("--split", default="val")
+    t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("evaluate", help="mIoU and TC of a checkpoint", **fmt)
+    e.add_argument("--checkpoint", required=True, help="checkpoint written by `etc-nb train`")
+    e.add_argument("--root", default=None, help="dataset root (None: the one it was trained on)")
+    e.add_argument("--dataset", default=None, help="dataset name (None: the one it was trained on)")
+    e.add_argument("--split", default="val", help="split evaluated")
     e.add_argument("--flows", default="gt,dis", help="comma-separated flow sources for TC (gt, dis, dis_fast, raft_small, ...)")
     e.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for raft_* flows")
     e.add_argument("--json", default=None, help="also write the results to this file")
     e.add_argument("--device", default="cpu", help="where to run the model (cpu, cuda)")
-    d = sub.add_parser("demo", help="baseline vs temporal loss on the synthetic benchmark")
-    d.add_argument("--out", required=True)
+    e.set_defaults(func=_cmd_evaluate)
+    d = sub.add_parser("demo", help="baseline vs temporal loss on the synthetic benchmark", **fmt)
+    d.add_argument("--out", required=True, help="folder for results.csv, results.md, results.png")
     d.add_argument("--quick", action="store_true", help="smoke-sized run (a few minutes on CPU)")
-    d.add_argument("--seeds", type=int, default=3)
-    d.add_argument("--steps", type=int, default=None)
-    d.add_argument("--root", default=None)
-    d.add_argument("--lam", type=float, default=None, help="temporal loss weight (default: the demo's 1.0)")
-    b = sub.add_parser("benchmark", help="params, GFLOPs, eager vs fast fps of the model zoo (Table V style)")
-    b.add_argument("--out", required=True)
+    d.add_argument("--seeds", type=int, default=3, help="seeds per scheme")
+    d.add_argument("--steps", type=int, default=None, help="training steps (None: 200, quick: 40)")
+    d.add_argument("--root", default=None, help="benchmark folder (None: data/synthetic or data/synthetic_quick)")
+    d.add_argument("--lam", type=float, default=None, help="temporal loss weight (None: the demo's 1.0)")
+    d.set_defaults(func=_cmd_demo)
+    b = sub.add_parser("benchmark", help="params, GFLOPs, eager vs fast fps of the model zoo (Table V style)", **fmt)
+    b.add_argument("--out", required=True, help="folder for benchmark.csv and benchmark.md")
     b.add_argument("--models", default="all", help="comma-separated registry names, or 'all'")
-    b.add_argument("--size", type=parse_size, default=(512, 1024))
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--runs", type=int, default=10)
-    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--size", type=parse_size, default=(512, 1024), metavar="HxW", help="input size in pixels")
+    b.add_argument("--device", default="cpu", help="cpu or cuda")
+    b.add_argument("--runs", type=int, default=10, help="timed runs per model and path")
+    b.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     b.add_argument("--backend", default="auto", choices=BACKENDS, help="the fast path to compare with eager")
-    x = sub.add_parser("export", help="write a model's deployable graph (ONNX or TorchScript)")
+    b.set_defaults(func=_cmd_benchmark)
+    x = sub.add_parser("export", help="write a model's deployable graph (ONNX or TorchScript)", **fmt)
     _model_args(x)
-    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    x.add_argument("--out", required=True)
-    x.add_argument("--size", type=parse_size, default=(512, 1024), help="input size HxW of the exported graph")
-    g = sub.add_parser("segment", help="segment a video file or frame folder: overlay video, labels, fps, TC")
+    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="graph format")
+    x.add_argument("--out", required=True, help="file to write")
+    x.add_argument("--size", type=parse_size, default=(512, 1024), metavar="HxW", help="input size of the exported graph")
+    x.set_defaults(func=_cmd_export)
+    g = sub.add_parser("segment", help="segment a video file or frame folder: overlay video, labels, fps, TC", **fmt)
     g.add_argument("input", help="video file (mp4/avi/...) or folder of frames")
     g.add_argument("--out", required=True, help="overlay video to write (.mp4 or .avi)")
     _model_args(g)
     g.add_argument("--labels", default=None, help="also write one label PNG per frame into this folder")
-    g.add_argument("--backend", default="auto", choices=BACKENDS)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--flow", default="dis_fast", help="flow for the TC of the output ('none' to skip)")
-    g.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for --flow raft_*")
-    c = sub.add_parser("tc", help="temporal consistency of a video's predictions (label PNGs or a model)")
+    g.add_argument("--backend", default="auto", choices=BACKENDS, help="inference path")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    _flow_args(g, "dis_fast", none=True)
+    g.set_defaults(func=_cmd_segment)
+    c = sub.add_parser("tc", help="temporal consistency of a video's predictions (label PNGs or a model)", **fmt)
     c.add_argument("--frames", "--video", dest="frames", required=True, help="video file or folder of frames")
     c.add_argument("--labels", default=None, help="folder with one label PNG per frame (else give a model)")
     _model_args(c)
     c.add_argument("--out", required=True, help="folder for tc.csv, tc_per_class.csv, tc.png, tc.json")
-    c.add_argument("--flow", default="dis_fast", help="flow estimator (dis, dis_fast, dis_ultrafast, dis_medium, raft_small, raft_large)")
-    c.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for --flow raft_*")
-    c.add_argument("--cache", default=None, help="flow cache folder (default OUT/flow_cache)")
-    c.add_argument("--mode", choices=("pair", "global"), default="pair")
-    c.add_argument("--ignore-index", type=int, default=255)
+    _flow_args(c, "dis_fast")
+    c.add_argument("--cache", default=None, help="flow cache folder (None: OUT/flow_cache)")
+    c.add_argument("--mode", choices=("pair", "global"), default="pair", help="TC per pair then averaged, or accumulated")
+    c.add_argument("--ignore-index", type=int, default=255, help="label value excluded from TC")
     c.add_argument("--class-names", default=None, help="comma-separated class names, index = class id")
-    c.add_argument("--backend", default="auto", choices=BACKENDS)
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--backend", default="auto", choices=BACKENDS, help="inference path (with a model)")
+    c.add_argument("--device", default="cpu", help="cpu or cuda")
+    c.set_defaults(func=_cmd_tc)
     return p
 
 # %% ../nbs/09_cli.ipynb #c008
@@ -153,65 +177,84 @@ def main(argv=None) -> int:
     return 0
 
 def run(args: argparse.Namespace) -> None:
-    "Run the subcommand `args.cmd` with the parsed `args`."
-    if args.cmd == "synth":
-        from etc_nb.data.synthetic import generate_benchmark
-        root = generate_benchmark(args.root, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
-                                  frames=args.frames, size=args.size, nuisance=args.nuisance)
-        print(f"benchmark ready in {root}")
-    elif args.cmd == "train":
-        from etc_nb.train import train
-        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-        print(f"checkpoint: {train(cfg, args.out, resume=not args.no_resume, device=args.device, workers=args.workers, compile=args.compile, channels_last=args.channels_last)}")
-    elif args.cmd == "evaluate":
-        from etc_nb.evaluate import evaluate
-        from etc_nb.checkpoint import load_checkpoint
-        model, ck = load_checkpoint(args.checkpoint)
-        cfg = TrainConfig.from_dict(ck["config"])
-        res = evaluate(model.to(args.device), args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
-                       num_classes=cfg.num_classes, flows=tuple(_flow(f, args) for f in args.flows.split(",") if f))
-        summary = {k: v for k, v in res.items() if k != "per_class_iou"}
-        print(json.dumps(summary, indent=1))
-        if args.json:
-            atomic_write(args.json, json.dumps({**summary, "per_class_iou": [float(v) for v in res["per_class_iou"]]},
-                                               indent=1))
-    elif args.cmd == "demo":
-        from etc_nb.demo import markdown_table, run_demo, summarize
-        extra = {} if args.lam is None else {"lam": args.lam}
-        df = run_demo(args.out, quick=args.quick, seeds=args.seeds, root=args.root, steps=args.steps, **extra)
-        print(markdown_table(summarize(df)))
-        print(f"\nwritten: {args.out}/results.csv, results.md, results.png")
-    elif args.cmd == "benchmark":
-        from etc_nb.benchmark import benchmark
-        models = None if args.models == "all" else [m for m in args.models.split(",") if m]
-        benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup,
-                  backend=args.backend)
-        print(open(f"{args.out}/benchmark.md").read())
-        print(f"written: {args.out}/benchmark.csv, benchmark.md")
-    elif args.cmd == "export":
-        from etc_nb.infer import export_model
-        path = export_model(_load_model(args), args.out, args.format, args.size)
-        print(f"written: {path} ({args.format}, input 1x3x{args.size[0]}x{args.size[1]})")
-    elif args.cmd == "segment":
-        from etc_nb.segment import segment_video
-        res = segment_video(args.input, args.out, _load_model(args), labels_dir=args.labels, backend=args.backend,
-                            device=args.device, flow=None if args.flow == "none" else _flow(args.flow, args))
-        tc = f", TC {res['TC']:.2f} % ({args.flow} flow)" if "TC" in res else ""
-        print(f"{res['frames']} frames, {res['fps']:.2f} fps inference ({res['fps_total']:.2f} fps with I/O){tc}")
-        print(f"written: {args.out}" + (f" and {args.labels}/" if args.labels else ""))
-    elif args.cmd == "tc":
-        from etc_nb.tc import tc_report, video_tc
-        if args.labels is not None and (args.checkpoint or args.model):
-            raise ValueError("give --labels DIR or a model (--checkpoint C | --model NAME), not both")
-        if args.labels is None and not (args.checkpoint or args.model):
-            raise ValueError("give --labels DIR (predictions on disk) or --checkpoint C | --model NAME")
-        model = None if args.labels is not None else _load_model(args)
-        names = args.class_names.split(",") if args.class_names else None
-        res = video_tc(args.frames, labels=args.labels, model=model, out=args.out, num_classes=args.num_classes,
-                       flow=_flow(args.flow, args), cache_dir=args.cache, ignore_index=args.ignore_index, mode=args.mode,
-                       class_names=names, backend=args.backend, device=args.device)
-        print(tc_report(res))
-        print(f"written: {', '.join(res['files'])}")
+    "Run the subcommand of the parsed `args` (its `_cmd_*` function, bound by `build_parser`)."
+    args.func(args)
+
+def _cmd_synth(args):
+    "`etc-nb synth`: write the benchmark."
+    from etc_nb.data.synthetic import generate_benchmark
+    root = generate_benchmark(args.root, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                              frames=args.frames, size=args.size, nuisance=args.nuisance, n_pretrain=args.n_pretrain)
+    print(f"benchmark ready in {root}")
+
+def _cmd_train(args):
+    "`etc-nb train`: one run, resumable."
+    from etc_nb.train import train
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    ckpt = train(cfg, args.out, resume=not args.no_resume, device=args.device, workers=args.workers,
+                 compile=args.compile, channels_last=args.channels_last)
+    print(f"checkpoint: {ckpt}")
+
+def _cmd_evaluate(args):
+    "`etc-nb evaluate`: mIoU and TC of a checkpoint, printed (and written with --json)."
+    from etc_nb.evaluate import evaluate
+    from etc_nb.checkpoint import load_checkpoint
+    model, ck = load_checkpoint(args.checkpoint)
+    cfg = TrainConfig.from_dict(ck["config"])
+    res = evaluate(model.to(args.device), args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
+                   num_classes=cfg.num_classes, flows=tuple(_flow(f, args) for f in args.flows.split(",") if f))
+    summary = {k: v for k, v in res.items() if k != "per_class_iou"}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        atomic_write(args.json, json.dumps({**summary, "per_class_iou": [float(v) for v in res["per_class_iou"]]},
+                                           indent=1))
+
+def _cmd_demo(args):
+    "`etc-nb demo`: baseline vs TL."
+    from etc_nb.demo import markdown_table, run_demo, summarize
+    extra = {} if args.lam is None else {"lam": args.lam}
+    df = run_demo(args.out, quick=args.quick, seeds=args.seeds, root=args.root, steps=args.steps, **extra)
+    print(markdown_table(summarize(df)))
+    print(f"\nwritten: {args.out}/results.csv, results.md, results.png")
+
+def _cmd_benchmark(args):
+    "`etc-nb benchmark`: the model zoo's speed table."
+    from etc_nb.benchmark import benchmark
+    models = None if args.models == "all" else [m for m in args.models.split(",") if m]
+    benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup,
+              backend=args.backend)
+    print(open(f"{args.out}/benchmark.md").read())
+    print(f"written: {args.out}/benchmark.csv, benchmark.md")
+
+def _cmd_export(args):
+    "`etc-nb export`: a deployable graph."
+    from etc_nb.infer import export_model
+    path = export_model(_load_model(args), args.out, args.format, args.size)
+    print(f"written: {path} ({args.format}, input 1x3x{args.size[0]}x{args.size[1]})")
+
+def _cmd_segment(args):
+    "`etc-nb segment`: overlay video, labels, fps, TC."
+    from etc_nb.segment import segment_video
+    res = segment_video(args.input, args.out, _load_model(args), labels_dir=args.labels, backend=args.backend,
+                        device=args.device, flow=None if args.flow == "none" else _flow(args.flow, args))
+    tc = f", TC {res['TC']:.2f} % ({args.flow} flow)" if "TC" in res else ""
+    print(f"{res['frames']} frames, {res['fps']:.2f} fps inference ({res['fps_total']:.2f} fps with I/O){tc}")
+    print(f"written: {args.out}" + (f" and {args.labels}/" if args.labels else ""))
+
+def _cmd_tc(args):
+    "`etc-nb tc`: TC of a video's predictions."
+    from etc_nb.tc import tc_report, video_tc
+    if args.labels is not None and (args.checkpoint or args.model):
+        raise ValueError("give --labels DIR or a model (--checkpoint C | --model NAME), not both")
+    if args.labels is None and not (args.checkpoint or args.model):
+        raise ValueError("give --labels DIR (predictions on disk) or --checkpoint C | --model NAME")
+    model = None if args.labels is not None else _load_model(args)
+    names = args.class_names.split(",") if args.class_names else None
+    res = video_tc(args.frames, labels=args.labels, model=model, out=args.out, num_classes=args.num_classes,
+                   flow=_flow(args.flow, args), cache_dir=args.cache, ignore_index=args.ignore_index, mode=args.mode,
+                   class_names=names, backend=args.backend, device=args.device)
+    print(tc_report(res))
+    print(f"written: {', '.join(res['files'])}")
 
 # %% ../nbs/09_cli.ipynb #c015
 #| eval: false

@@ -5,12 +5,15 @@
 # %% ../nbs/05a_config.ipynb #c003
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass, fields
 
 from .flow import FLOW_ESTIMATORS
 
 # %% auto #0
-__all__ = ['SCHEME_TERMS', 'NEIGHBOUR_TERMS', 'DISTILL_TERMS', 'PRECISIONS', 'FLOW_SOURCES', 'parse_scheme', 'TrainConfig']
+__all__ = ['SCHEME_TERMS', 'NEIGHBOUR_TERMS', 'DISTILL_TERMS', 'PRECISIONS', 'FLOW_SOURCES', 'parse_scheme', 'TrainConfig',
+           'field_help']
 
 # %% ../nbs/05a_config.ipynb #c006
 SCHEME_TERMS = {                         # the terms a scheme may combine with '+'; 'baseline' has none
@@ -44,7 +47,7 @@ class TrainConfig:
     λ = 0.1 for every regularisation term, the released optimiser settings, and the CPU demo's data sizes
     (64×106 crops of the 64×128 synthetic benchmark; the demo itself sets `lam=1.0`, see `etc_nb.demo`)."""
     dataset: str = "synthetic"          # any `etc_nb.data.get_dataset` name
-    root: str = "data/synthetic"
+    root: str = "data/synthetic"        # the dataset's folder, in its official layout
     split: str = "train"                # the split trained on (VideoMatting has only 'test'; `video` ignores it)
     model: str = "pspnet18"             # any `etc_nb.models.create_model` name
     num_classes: int = 19               # must equal the dataset's class count when it has a class list
@@ -52,16 +55,16 @@ class TrainConfig:
     scheme: str = "baseline"            # 'baseline' or a '+'-joined subset of SCHEME_TERMS, e.g. 'tl+pf+mf+pl'
     teacher: str | None = None          # checkpoint written by `train` (same num_classes); needed by pf, mf, sf
     pseudo_root: str | None = None      # pseudo labels in the dataset reader's `pseudo_layout`; needed by pl
-    steps: int = 200
-    batch_size: int = 4
+    steps: int = 200                    # SGD steps (the poly schedule reaches 0 at the last)
+    batch_size: int = 4                 # items per step (global over all processes of a torchrun launch)
     lr: float = 0.01                    # released config: SGD 0.01, momentum 0.9, wd 1e-4, poly 0.9
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
+    momentum: float = 0.9               # SGD momentum
+    weight_decay: float = 1e-4          # SGD weight decay (L2)
+    poly_power: float = 0.9             # exponent of the poly learning-rate schedule
     aux_weight: float = 0.4             # weight of each auxiliary head's CE
-    crop: tuple[int, int] | None = (64, 106)
-    scale: tuple[float, float] = (0.75, 1.5)
-    flip: float = 0.5
+    crop: tuple[int, int] | None = (64, 106)    # training crop HxW in pixels (None: whole frames)
+    scale: tuple[float, float] = (0.75, 1.5)    # random rescaling range of the training items
+    flip: float = 0.5                   # probability of a horizontal flip
     lam: float = 0.1                    # λ of the temporal loss (tl); the paper's 0.1
     lam_pf: float = 0.1                 # λ of PF distillation
     lam_mf: float = 0.1                 # λ of MF distillation and of its anti-collapse regulariser
@@ -74,8 +77,8 @@ class TrainConfig:
     flow_weights: str | None = None     # local torchvision RAFT checkpoint for flow='raft_*' (None: random weights, tests only)
     pf_pool: int = 1024                 # PF maps on at most this many positions (`etc_nb.losses.pooled_size`)
     mf_pool: int = 256                  # MF self-similarities on at most this many positions
-    seed: int = 0
-    ckpt_every: int = 100
+    seed: int = 0                       # seeds the weights, the batches and their augmentation
+    ckpt_every: int = 100               # write last.pt every this many steps (and at the end)
     threads: int | None = None          # torch intra-op threads (None: torch's default)
     precision: str = "fp32"             # 'fp32', 'bf16' (autocast, also on CPUs) or 'fp16' (autocast + loss scaling)
 
@@ -125,3 +128,9 @@ class TrainConfig:
         if d.pop("random_gap", False) and terms & NEIGHBOUR_TERMS and "rs" not in terms:
             d["scheme"] += "+rs"            # written before 'rs' was a term: random_gap=True meant RS
         return cls(**d)
+
+# %% ../nbs/05a_config.ipynb #n056b3c
+def field_help() -> dict[str, str]:
+    "The documentation of every `TrainConfig` field: the comment after it in the class's source."
+    found = dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", inspect.getsource(TrainConfig), re.M))
+    return {f.name: found.get(f.name, "") for f in fields(TrainConfig)}

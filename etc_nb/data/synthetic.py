@@ -474,7 +474,7 @@ def render_snippet(seed: int | Sequence[int], size: tuple[int, int] = (96, 192),
                    velocities=np.stack([l.velocity for l in layers]), names=[l.name for l in layers])
 
 # %% ../../nbs/data/00_synthetic.ipynb #c045
-_SPLIT_CODE = {"train": 0, "val": 1}
+_SPLIT_CODE = {"train": 0, "val": 1, "pretrain": 2}
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
@@ -508,6 +508,8 @@ def _write_snippet(root: Path, split: str, index: int, p: dict) -> None:
         _write_png(Path(f"{gt}labelIds.png"), lut[snip.labels[t]])
     if split == "train":
         pairs = [(a, s) for s in range(max(0, a - g), min(T, a + g + 1)) if s != a]
+    elif split == "pretrain":
+        pairs = []                                              # single-frame pretraining reads no flow
     else:
         pairs = [pair for t in range(T - 1) for pair in ((t, t + 1), (t + 1, t))]
     cache = FlowCache(root / "flow_gt" / split / city)
@@ -515,7 +517,7 @@ def _write_snippet(root: Path, split: str, index: int, p: dict) -> None:
         cache.put(imgs[r], imgs[s], snip.flow(r, s))
 
 
-def _check_args(size, frames, max_gap, n_train, n_val, nuisance, workers) -> None:
+def _check_args(size, frames, max_gap, n_train, n_val, nuisance, workers, n_pretrain=0) -> None:
     H, W = size
     if not (32 <= H <= W):
         raise ValueError(f"size: expected (H,W) with 32 <= H <= W (a landscape street view), got {size}")
@@ -525,6 +527,8 @@ def _check_args(size, frames, max_gap, n_train, n_val, nuisance, workers) -> Non
         raise ValueError(f"max_gap: expected >= 1, got {max_gap}")
     if n_train < 0 or n_val < 0 or n_train + n_val == 0:
         raise ValueError(f"n_train={n_train}, n_val={n_val}: expected non-negative counts, not both 0")
+    if n_pretrain < 0:
+        raise ValueError(f"n_pretrain: expected a count >= 0, got {n_pretrain}")
     if nuisance < 0:
         raise ValueError(f"nuisance: expected a strength >= 0, got {nuisance}")
     if workers < 1:
@@ -533,18 +537,20 @@ def _check_args(size, frames, max_gap, n_train, n_val, nuisance, workers) -> Non
 
 def generate_benchmark(root, seed: int = 0, n_train: int = 48, n_val: int = 8, frames: int = 10,
                        size: tuple[int, int] = (96, 192), max_gap: int = 3, nuisance: float = 1.0,
-                       workers: int = 1, city: str = "synth") -> Path:
+                       workers: int = 1, city: str = "synth", n_pretrain: int = 0) -> Path:
     """Write the synthetic benchmark under `root` in the Cityscapes layout (see above); returns `root`.
 
-    `n_train`/`n_val` snippets of `frames` frames of `size=(H,W)`; `max_gap`: the largest frame gap of
+    `n_train`/`n_val`/`n_pretrain` snippets of `frames` frames of `size=(H,W)`; `max_gap`: the largest frame gap of
     the training flows; `nuisance`: strength of the per-frame nuisances (0: clean); `workers`: processes
     (the output is identical for any number). Returns at once when `root/synthetic.json` records the
     same parameters; otherwise this split/city's previous output is deleted and everything is rewritten."""
-    _check_args(size, frames, max_gap, n_train, n_val, nuisance, workers)
+    _check_args(size, frames, max_gap, n_train, n_val, nuisance, workers, n_pretrain)
     root = Path(root)
     params = {"version": SYNTH_VERSION, "seed": int(seed), "n_train": int(n_train), "n_val": int(n_val),
               "frames": int(frames), "annotated_frame": int(frames) // 2, "size": [int(s) for s in size],
               "max_gap": int(max_gap), "nuisance": float(nuisance), "city": city, "classes": CLASSES}
+    if n_pretrain:                  # recorded only when asked for: benchmarks without one keep their json (no regeneration)
+        params["n_pretrain"] = int(n_pretrain)
     meta = root / "synthetic.json"
     try:
         if json.loads(meta.read_text()) == params:
@@ -558,7 +564,7 @@ def generate_benchmark(root, seed: int = 0, n_train: int = 48, n_val: int = 8, f
         for d in [root / top / split / city for top in ("leftImg8bit_sequence", "gtFine", "flow_gt")] + \
                  list(root.glob(f"flow_cache/*/{split}/{city}")):
             shutil.rmtree(d, ignore_errors=True)
-    jobs = [(split, i) for split, n in (("train", n_train), ("val", n_val)) for i in range(n)]
+    jobs = [(split, i) for split, n in (("train", n_train), ("val", n_val), ("pretrain", n_pretrain)) for i in range(n)]
     if workers == 1:
         for split, i in jobs:
             _write_snippet(root, split, i, params)
