@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -164,91 +166,99 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     the same for any number. `compile`, `channels_last`: see `TrainState.create`. Launched by `torchrun`, trains
     data-parallel: each process on its share of every batch of `batch_size` items (`etc_nb.distributed`).
     Returns the checkpoint path. Holds `run_lock(out_dir)` while it trains: a concurrent call for the same
-    folder waits for it. A non-finite loss raises `NonFiniteError` and keeps the last good checkpoint."""
+    folder waits for it. A non-finite loss raises `NonFiniteError` and keeps the last good checkpoint; a run that
+    fails before its first checkpoint removes the folder if it created it."""
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "last.pt"
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise ValueError(f"workers: expected an integer >= 0 (0: no worker processes), got {workers!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with distributed(device) as (rank, world, device), run_lock(out_dir) if rank == 0 else nullcontext():
-        if cfg.batch_size % world:
-            raise ValueError(f"batch_size={cfg.batch_size} is the global batch, split evenly over the {world} processes "
-                             f"of this launch: use a multiple of {world}")
-        if rank == 0:
-            remove_stale_writes(out_dir)        # under the lock: no writer of this folder is alive
-        if world > 1:                           # the other ranks read the checkpoint once rank 0 holds the lock
-            barrier(device)
-        had_ckpt = ckpt_path.is_file()          # read before rank 0 may write it
-        state = TrainState.create(cfg, device, (rank, world), compile=compile, channels_last=channels_last)
-        # elapsed: training seconds of earlier sessions; running: losses of the current, unfinished epoch
-        step, history, elapsed, running = 0, [], 0.0, []
-        if resume and had_ckpt:
-            ckpt = load_torch(ckpt_path, "etc_nb checkpoint", weights_only=False)
-            if TrainConfig.from_dict(ckpt["config"]) != cfg:
-                raise ValueError(f"{ckpt_path}: was written with another config; use a new out_dir or resume=False")
-            state.load_state_dict(ckpt)
-            torch.set_rng_state(ckpt["rng"])
-            if device.type == "cuda" and "cuda_rng" in ckpt:     # dropout on a GPU draws from its own generator
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-            step, history, elapsed, running = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["running"]
-        if world > 1:
-            steps = [None] * world
-            dist.all_gather_object(steps, step)
-            if len(set(steps)) > 1:
-                raise ValueError(f"{ckpt_path}: the processes resume from different steps {steps}; out_dir must be on "
-                                 "a file system every process sees")
-        if rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(out_dir / "config.json", json.dumps(asdict(cfg), indent=1))
-        ds = training_set(cfg)
-        steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
-        start, end = step, cfg.steps if stop_after is None else min(stop_after, cfg.steps)
-
-        def save():
+    created = not out_dir.exists()
+    try:
+        with distributed(device) as (rank, world, device), run_lock(out_dir) if rank == 0 else nullcontext():
+            if cfg.batch_size % world:
+                raise ValueError(f"batch_size={cfg.batch_size} is the global batch, split evenly over the {world} processes "
+                                 f"of this launch: use a multiple of {world}")
             if rank == 0:
-                cuda_rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
-                save_checkpoint({**state.state_dict(), "step": step, "config": json.loads(json.dumps(asdict(cfg))),
-                                 "rng": torch.get_rng_state(), **cuda_rng, "history": history, "running": running,
-                                 "elapsed": elapsed + time.time() - t0, "done": step >= cfg.steps}, ckpt_path)
-                if history:
-                    atomic_write(out_dir / "train_log.csv", pd.DataFrame(history).to_csv(index=False))
-            if world > 1:                       # no process goes on, or returns, before the checkpoint is complete
+                remove_stale_writes(out_dir)        # under the lock: no writer of this folder is alive
+            if world > 1:                           # the other ranks read the checkpoint once rank 0 holds the lock
                 barrier(device)
+            had_ckpt = ckpt_path.is_file()          # read before rank 0 may write it
+            state = TrainState.create(cfg, device, (rank, world), compile=compile, channels_last=channels_last)
+            # elapsed: training seconds of earlier sessions; running: losses of the current, unfinished epoch
+            step, history, elapsed, running = 0, [], 0.0, []
+            if resume and had_ckpt:
+                ckpt = load_torch(ckpt_path, "etc_nb checkpoint", weights_only=False)
+                if TrainConfig.from_dict(ckpt["config"]) != cfg:
+                    raise ValueError(f"{ckpt_path}: was written with another config; use a new out_dir or resume=False")
+                state.load_state_dict(ckpt)
+                torch.set_rng_state(ckpt["rng"])
+                if device.type == "cuda" and "cuda_rng" in ckpt:     # dropout on a GPU draws from its own generator
+                    torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+                step, history, elapsed, running = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["running"]
+            if world > 1:
+                steps = [None] * world
+                dist.all_gather_object(steps, step)
+                if len(set(steps)) > 1:
+                    raise ValueError(f"{ckpt_path}: the processes resume from different steps {steps}; out_dir must be on "
+                                     "a file system every process sees")
+            if rank == 0:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write(out_dir / "config.json", json.dumps(asdict(cfg), indent=1))
+            ds = training_set(cfg)
+            steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
+            start, end = step, cfg.steps if stop_after is None else min(stop_after, cfg.steps)
 
-        t0 = time.time()
-        bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{cfg.scheme} s{cfg.seed}",
-                   disable=not progress or rank > 0, leave=False)
-        batches = iter(training_loader(ds, cfg, start, end, (rank, world), workers, device))
-        losses = {}                             # of the last finished step, for the message of a diverged run
-        for step in bar:
-            t_wait = time.perf_counter()
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            t_compute = time.perf_counter()
-            for g in state.opt.param_groups:
-                g["lr"] = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
-            try:
+            def save():
+                if rank == 0:
+                    cuda_rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
+                    save_checkpoint({**state.state_dict(), "step": step, "config": json.loads(json.dumps(asdict(cfg))),
+                                     "rng": torch.get_rng_state(), **cuda_rng, "history": history, "running": running,
+                                     "elapsed": elapsed + time.time() - t0, "done": step >= cfg.steps}, ckpt_path)
+                    if history:
+                        atomic_write(out_dir / "train_log.csv", pd.DataFrame(history).to_csv(index=False))
+                if world > 1:                       # no process goes on, or returns, before the checkpoint is complete
+                    barrier(device)
+
+            t0 = time.time()
+            bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{cfg.scheme} s{cfg.seed}",
+                       disable=not progress or rank > 0, leave=False)
+            batches = iter(training_loader(ds, cfg, start, end, (rank, world), workers, device))
+            losses = {}                             # of the last finished step, for the message of a diverged run
+            for step in bar:
+                t_wait = time.perf_counter()
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                t_compute = time.perf_counter()
+                for g in state.opt.param_groups:
+                    g["lr"] = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
                 try:
-                    losses = state.step(batch)  # its .tolist() waits for the device: compute_s is the step's
+                    try:
+                        losses = state.step(batch)  # its .tolist() waits for the device: compute_s is the step's
+                    except NonFiniteError as e:
+                        raise NonFiniteError(f"step {step}: {e}") from None
+                    now = time.perf_counter()
+                    running.append({**losses, "data_s": t_compute - t_wait, "compute_s": now - t_compute})
+                    bar.set_postfix(loss=f"{running[-1]['loss']:.3f}")
+                    step += 1
+                    if step % steps_per_epoch == 0 or step == cfg.steps:
+                        row = {"epoch": math.ceil(step / steps_per_epoch), "step": step,
+                               "lr": poly_lr(cfg.lr, step - 1, cfg.steps, cfg.poly_power), "seconds": elapsed + time.time() - t0}
+                        row.update({k: float(np.mean([r[k] for r in running])) for k in running[0]})
+                        history.append(row); running = []
+                    if step % cfg.ckpt_every == 0 or step == end:
+                        save()                      # refuses non-finite weights (save_checkpoint)
                 except NonFiniteError as e:
-                    raise NonFiniteError(f"step {step}: {e}") from None
-                now = time.perf_counter()
-                running.append({**losses, "data_s": t_compute - t_wait, "compute_s": now - t_compute})
-                bar.set_postfix(loss=f"{running[-1]['loss']:.3f}")
-                step += 1
-                if step % steps_per_epoch == 0 or step == cfg.steps:
-                    row = {"epoch": math.ceil(step / steps_per_epoch), "step": step,
-                           "lr": poly_lr(cfg.lr, step - 1, cfg.steps, cfg.poly_power), "seconds": elapsed + time.time() - t0}
-                    row.update({k: float(np.mean([r[k] for r in running])) for k in running[0]})
-                    history.append(row); running = []
-                if step % cfg.ckpt_every == 0 or step == end:
-                    save()                      # refuses non-finite weights (save_checkpoint)
-            except NonFiniteError as e:
-                last = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-                kept = (f"{ckpt_path} (step {load_torch(ckpt_path, weights_only=False)['step']}) is kept"
-                        if ckpt_path.is_file() else "no checkpoint was written")
-                raise NonFiniteError(f"{out_dir}: {e} (losses of the last finished step: {last or 'none'}); {kept}; lower the learning rate "
-                                     f"(lr={cfg.lr}) or check the data") from None
-        if start >= end and not had_ckpt:      # nothing left to train (e.g. steps=0) still leaves a checkpoint
-            save()
+                    last = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+                    kept = (f"{ckpt_path} (step {load_torch(ckpt_path, weights_only=False)['step']}) is kept"
+                            if ckpt_path.is_file() else "no checkpoint was written")
+                    raise NonFiniteError(f"{out_dir}: {e} (losses of the last finished step: {last or 'none'}); {kept}; lower the learning rate "
+                                         f"(lr={cfg.lr}) or check the data") from None
+            if start >= end and not had_ckpt:      # nothing left to train (e.g. steps=0) still leaves a checkpoint
+                save()
+    except BaseException:
+        # a run that failed before its first checkpoint leaves no folder behind it created (config.json, .lock)
+        if created and not ckpt_path.is_file() and int(os.environ.get("RANK", 0)) == 0:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     return ckpt_path

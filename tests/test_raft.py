@@ -72,27 +72,31 @@ def test_state_dict_names_and_shapes_equal_torchvision(name, small, large):
     assert signature(sd) == TORCHVISION_SIGNATURES[name]
 
 
+SPOT_CHECKS = {   # torchvision's names and shapes, a few per part of each model
+    "raft_large": {"feature_encoder.convnormrelu.0.weight": (64, 3, 7, 7),
+                   "feature_encoder.layer2.0.downsample.0.weight": (96, 64, 1, 1),
+                   "context_encoder.convnormrelu.1.running_var": (64,),
+                   "context_encoder.layer3.1.convnormrelu2.1.weight": (128,),
+                   "update_block.motion_encoder.convcorr1.0.weight": (256, 324, 1, 1),
+                   "update_block.motion_encoder.convflow1.0.weight": (128, 2, 7, 7),
+                   "update_block.recurrent_block.convgru1.convz.weight": (128, 384, 1, 5),
+                   "update_block.recurrent_block.convgru2.convq.weight": (128, 384, 5, 1),
+                   "update_block.flow_head.conv1.weight": (256, 128, 3, 3),
+                   "mask_predictor.convrelu.0.weight": (256, 128, 3, 3),
+                   "mask_predictor.conv.weight": (576, 256, 1, 1)},
+    "raft_small": {"feature_encoder.convnormrelu.0.weight": (32, 3, 7, 7),
+                   "feature_encoder.layer1.0.convnormrelu1.0.weight": (8, 32, 1, 1),
+                   "context_encoder.conv.weight": (160, 96, 1, 1),
+                   "update_block.motion_encoder.convcorr1.0.weight": (96, 196, 1, 1),
+                   "update_block.recurrent_block.convgru1.convr.weight": (96, 242, 3, 3),
+                   "update_block.flow_head.conv1.weight": (128, 96, 3, 3)}}
+
+
 def test_spot_check_keys(small, large):
     lg, sm = large.state_dict(), small.state_dict()
-    for k, shape in {"feature_encoder.convnormrelu.0.weight": (64, 3, 7, 7),
-                     "feature_encoder.layer2.0.downsample.0.weight": (96, 64, 1, 1),
-                     "context_encoder.convnormrelu.1.running_var": (64,),
-                     "context_encoder.layer3.1.convnormrelu2.1.weight": (128,),
-                     "update_block.motion_encoder.convcorr1.0.weight": (256, 324, 1, 1),
-                     "update_block.motion_encoder.convflow1.0.weight": (128, 2, 7, 7),
-                     "update_block.recurrent_block.convgru1.convz.weight": (128, 384, 1, 5),
-                     "update_block.recurrent_block.convgru2.convq.weight": (128, 384, 5, 1),
-                     "update_block.flow_head.conv1.weight": (256, 128, 3, 3),
-                     "mask_predictor.convrelu.0.weight": (256, 128, 3, 3),
-                     "mask_predictor.conv.weight": (576, 256, 1, 1)}.items():
-        assert tuple(lg[k].shape) == shape, k
-    for k, shape in {"feature_encoder.convnormrelu.0.weight": (32, 3, 7, 7),
-                     "feature_encoder.layer1.0.convnormrelu1.0.weight": (8, 32, 1, 1),
-                     "context_encoder.conv.weight": (160, 96, 1, 1),
-                     "update_block.motion_encoder.convcorr1.0.weight": (96, 196, 1, 1),
-                     "update_block.recurrent_block.convgru1.convr.weight": (96, 242, 3, 3),
-                     "update_block.flow_head.conv1.weight": (128, 96, 3, 3)}.items():
-        assert tuple(sm[k].shape) == shape, k
+    for sd, expected in ((lg, SPOT_CHECKS["raft_large"]), (sm, SPOT_CHECKS["raft_small"])):
+        for k, shape in expected.items():
+            assert tuple(sd[k].shape) == shape, k
     # instance norm has no state; the small model has no batch norm, no mask predictor, one GRU
     assert not any(k.startswith("feature_encoder.convnormrelu.1") for k in lg)
     assert not any("running" in k for k in sm)

@@ -19,7 +19,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    "uint8 RGB `(H,W,3)` → float32 `(3,H,W)` normalised with ImageNet mean/std (DESIGN.md)."
+    "uint8 RGB `(H,W,3)` → float32 `(3,H,W)` normalised with ImageNet mean/std (the conventions)."
     x = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 

@@ -49,7 +49,7 @@ class _FlowSource:
 
 
 class CityscapesVideo(Dataset):
-    """Cityscapes-layout video dataset. Items are dicts (DESIGN.md):
+    """Cityscapes-layout video dataset. Items are dicts (the conventions, nbs/00a_conventions.ipynb):
 
     - `mode="frame"`: one item per labelled frame: `image` `(3,H,W)`, `label` `(H,W)` int64, `name`,
       `pseudo` (bool tensor: the label is a pseudo label).

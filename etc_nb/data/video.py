@@ -197,7 +197,7 @@ class Video(FrameSequences):
         return f"{key[0]}/{frame_id(self.snippets[key][n])}"
 
     def _finish_item(self, item, key):
-        if "label" in item and not item["pseudo"]:      # the all-ignore stand-in is no label (DESIGN.md)
+        if "label" in item and not item["pseudo"]:      # the all-ignore stand-in is no label (conventions)
             del item["label"]
         return item
 
