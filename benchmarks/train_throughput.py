@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 
 from etc_nb.config import TrainConfig
-from etc_nb.demo import DEMO_SETTINGS, markdown_table
+from etc_nb.demo import DEMO_SETTINGS
+from etc_nb.report import markdown_table
 from etc_nb.data.synthetic import generate_benchmark
 from etc_nb.flow import DISFlow, get_flow_estimator, read_flo, read_flow_png, write_flo, write_flow_png
 from etc_nb.io import atomic_write, read_image

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from .data.synthetic import generate_benchmark
-from .demo import DEMO_SETTINGS, markdown_table, summarize
+from .demo import DEMO_SETTINGS
+from .report import markdown_table, summarize
 from .evaluate import evaluate
 from .io import atomic_save, atomic_write
 from .pseudo import write_pseudo_labels

@@ -211,7 +211,8 @@ def _cmd_evaluate(args):
 
 def _cmd_demo(args):
     "`etc-nb demo`: baseline vs TL."
-    from etc_nb.demo import markdown_table, run_demo, summarize
+    from etc_nb.demo import run_demo
+    from etc_nb.report import markdown_table, summarize
     extra = {} if args.lam is None else {"lam": args.lam}
     df = run_demo(args.out, quick=args.quick, seeds=args.seeds, root=args.root, steps=args.steps, **extra)
     print(markdown_table(summarize(df)))

@@ -13,13 +13,14 @@ import pandas as pd
 from .data.synthetic import generate_benchmark
 from .evaluate import evaluate
 from .io import atomic_write
+from .report import markdown_table, summarize
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .train import train
 from .viz import plot_accuracy_vs_consistency
 
 # %% auto #0
-__all__ = ['DEMO_SETTINGS', 'DEMO_SCHEMES', 'summarize', 'markdown_table', 'run_demo']
+__all__ = ['DEMO_SETTINGS', 'DEMO_SCHEMES', 'run_demo']
 
 # %% ../nbs/08_demo.ipynb #c005
 # Benchmark and training settings of the two demo sizes (README quotes the full one). The demo's
@@ -31,21 +32,6 @@ DEMO_SETTINGS = {
 }
 # TL with random sampling (RS: triplet gaps drawn in 1..3), as in the paper's Table I rows.
 DEMO_SCHEMES = ("baseline", "tl+rs")
-
-def summarize(df: pd.DataFrame, metrics=("mIoU", "pixel_acc", "TC_gt", "TC_dis", "train_s")) -> pd.DataFrame:
-    "Mean ± std (population std over seeds) of `metrics` per scheme, keeping the schemes' order."
-    g = df.groupby("scheme", sort=False)[list(metrics)]
-    mean, std = g.mean(), g.std(ddof=0)
-    out = mean.round(2).astype(str) + " ± " + std.round(2).astype(str)
-    out.insert(0, "seeds", g.size())
-    return out
-
-def markdown_table(df: pd.DataFrame) -> str:
-    "A GitHub-markdown table of `df` with its index as the first column (no extra dependency)."
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(df.index, df.values)]
-    return "\n".join(lines)
 
 # %% ../nbs/08_demo.ipynb #c006
 def run_demo(out, quick: bool = False, seeds: int = 3, root=None, steps: int | None = None,

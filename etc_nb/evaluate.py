@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .data import get_dataset
 from .losses import upsample_like
-from .metrics import _nanmean, confusion_matrix, iou_from_confusion, mean_tc, miou, pixel_accuracy, temporal_consistency
+from .metrics import nanmean, confusion_matrix, iou_from_confusion, mean_tc, miou, pixel_accuracy, temporal_consistency
 
 # %% auto #0
 __all__ = ['predict', 'default_flows', 'evaluate']
@@ -71,7 +71,7 @@ def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_cl
             tcs[src].append(temporal_consistency(preds, fds.forward_flows(key), num_classes))
     iou, ignore = iou_from_confusion(cm), sorted(getattr(ds, "ignore_in_miou", ()))
     kept = torch.tensor([c not in ignore for c in range(num_classes)])
-    res = {"mIoU": 100 * _nanmean(iou[kept]), "mIoU_all": miou(cm), "pixel_acc": pixel_accuracy(cm)}
+    res = {"mIoU": 100 * nanmean(iou[kept]), "mIoU_all": miou(cm), "pixel_acc": pixel_accuracy(cm)}
     res.update({f"TC_{src}": mean_tc(v) for src, v in tcs.items()})
     res.update(per_class_iou=iou.numpy() * 100, ignore_in_miou=ignore, n_sequences=len(ds), n_frames=n_frames,
                fps=n_frames / max(infer_s, 1e-9))

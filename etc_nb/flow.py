@@ -18,8 +18,8 @@ from .io import atomic_write, read_image
 
 # %% auto #0
 __all__ = ['FLOW_ESTIMATORS', 'FLOW_FORMATS', 'write_flo', 'read_flo', 'frame_id', 'flow_to_tensor', 'flow_to_numpy',
-           'FlowEstimator', 'DISFlow', 'get_flow_estimator', 'write_flow_png', 'read_flow_png', 'png_quantize',
-           'FlowCache']
+           'check_frame', 'FlowEstimator', 'DISFlow', 'get_flow_estimator', 'write_flow_png', 'read_flow_png',
+           'png_quantize', 'FlowCache']
 
 # %% ../nbs/01_flow.ipynb #c006
 _FLO_MAGIC = 202021.25
@@ -95,7 +95,8 @@ def flow_to_numpy(flow: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).float().cpu().numpy().copy()
 
 # %% ../nbs/01_flow.ipynb #c024
-def _check_frame(img, name: str) -> None:
+def check_frame(img, name: str) -> None:
+    "Raise a ValueError naming `name` unless `img` is a uint8 RGB image `(H,W,3)` (what flow estimators and teachers take)."
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
         raise ValueError(f"{name}: expected a uint8 RGB image (H,W,3), got {desc}")
@@ -109,8 +110,8 @@ class FlowEstimator:
     name: str = "flow"
 
     def __call__(self, ref: np.ndarray, tgt: np.ndarray) -> np.ndarray:
-        _check_frame(ref, "ref")
-        _check_frame(tgt, "tgt")
+        check_frame(ref, "ref")
+        check_frame(tgt, "tgt")
         if ref.shape != tgt.shape:
             raise ValueError(f"ref {ref.shape} and tgt {tgt.shape} must have the same shape")
         flow = self.compute(ref, tgt)

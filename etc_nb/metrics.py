@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import torch
 
-from .warp import _use_remap, warp_labels
+from .warp import remap_exact, warp_labels
 
 # %% auto #0
-__all__ = ['TC_BACKENDS', 'confusion_matrix', 'iou_from_confusion', 'miou', 'pixel_accuracy', 'per_class_iou', 'SegMetrics',
-           'pair_confusions', 'tc_from_confusions', 'temporal_consistency', 'mean_tc']
+__all__ = ['TC_BACKENDS', 'confusion_matrix', 'iou_from_confusion', 'nanmean', 'miou', 'pixel_accuracy', 'per_class_iou',
+           'SegMetrics', 'pair_confusions', 'tc_from_confusions', 'temporal_consistency', 'mean_tc']
 
 # %% ../nbs/04_metrics.ipynb #c006
 def _as_labels(x, name: str) -> torch.Tensor:
@@ -81,7 +81,7 @@ def iou_from_confusion(cm: torch.Tensor) -> torch.Tensor:
     return inter / union  # 0/0 = NaN exactly where the union is empty
 
 # %% ../nbs/04_metrics.ipynb #c018
-def _nanmean(x: torch.Tensor) -> float:
+def nanmean(x: torch.Tensor) -> float:
     "Mean of the non-NaN entries of `x`; NaN when there are none."
     x = x[~x.isnan()]
     return float(x.mean()) if x.numel() else math.nan
@@ -89,7 +89,7 @@ def _nanmean(x: torch.Tensor) -> float:
 # %% ../nbs/04_metrics.ipynb #c019
 def miou(cm: torch.Tensor) -> float:
     "Mean IoU in percent over the classes present in target or prediction of the confusion matrix `cm` `(K,K)`."
-    return 100 * _nanmean(iou_from_confusion(cm))
+    return 100 * nanmean(iou_from_confusion(cm))
 
 def pixel_accuracy(cm: torch.Tensor) -> float:
     "Fraction of counted pixels predicted correctly, in percent, from `cm` `(K,K)`; NaN when nothing was counted."
@@ -219,7 +219,7 @@ def pair_confusions(preds, flows, num_classes: int, ignore_index: int | None = 2
     fill = K if exclude_out_of_frame else None  # out-of-frame samples become the excluded id K
     if backend != "torch" and p.device.type == "cpu" and K <= 255 and H * W <= 2**24:
         codes = _encode(p, K, ignore_index, torch.uint8)
-        if _use_remap(codes, f):
+        if remap_exact(codes, f):
             return _counts_opencv(codes, f, K, fill, masks)
     if backend == "opencv":
         raise ValueError(f"backend 'opencv' needs CPU tensors, at most 255 classes (got {K}) and frames of at most"
@@ -237,7 +237,7 @@ def tc_from_confusions(cms: torch.Tensor, mode: str = "pair", per_class: bool = 
     pair_iou = iou_from_confusion(cms).cpu()                                  # (P,K)
     per_pair = pair_iou.nanmean(-1) * 100                                     # NaN: nothing to compare
     if mode == "pair":
-        tc = _nanmean(per_pair)
+        tc = nanmean(per_pair)
         per_cls = pair_iou.nanmean(0) * 100  # NaN where the class is absent from every pair
     else:
         tc = miou(cms.sum(0))
@@ -265,4 +265,4 @@ def mean_tc(values: Iterable[float]) -> float:
     values = torch.tensor([float(v) for v in values], dtype=torch.float64)
     if values.numel() == 0:
         raise ValueError("values: expected at least one per-sequence TC")
-    return _nanmean(values)
+    return nanmean(values)

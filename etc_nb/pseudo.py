@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .data.vw300mask import VW300_CLASSES, VW300_COLOURS
-from .flow import _check_frame
+from .flow import check_frame
 
 # %% auto #0
 __all__ = ['PORTRAIT_CLASSES', 'TEACHERS', 'PL_SCALES', 'edge_chains', 'FaceTopology', 'face_parts_labels', 'face_parts_probs',
@@ -173,13 +173,13 @@ PORTRAIT_CLASSES = ("background", "person")
 def _as_frames(frames) -> tuple[list[np.ndarray], bool]:
     "`frames`: one uint8 RGB frame `(H,W,3)`, or a video `(T,H,W,3)` / sequence of frames → (frame list, single)."
     if isinstance(frames, np.ndarray) and frames.ndim == 3:
-        _check_frame(frames, "frames")
+        check_frame(frames, "frames")
         return [frames], True
     seq = list(frames)
     if not seq:
         raise ValueError("frames: expected a frame (H,W,3) or a non-empty video (T,H,W,3), got no frames")
     for i, f in enumerate(seq):
-        _check_frame(f, f"frames[{i}]")
+        check_frame(f, f"frames[{i}]")
         if f.shape != seq[0].shape:
             raise ValueError(f"frames[{i}]: shape {f.shape} differs from frames[0] {seq[0].shape}")
     return [np.ascontiguousarray(f) for f in seq], False

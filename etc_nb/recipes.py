@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import get_dataset
 from .data.videomatting import TRIMAP_CLASSES
-from .demo import markdown_table, summarize
+from .report import markdown_table, summarize
 from .evaluate import evaluate, predict
 from .io import atomic_write
 from .metrics import confusion_matrix, iou_from_confusion, mean_tc, temporal_consistency

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['sample_coords', 'warp', 'warp_labels', 'photometric_occlusion', 'fb_consistency_mask']
+__all__ = ['sample_coords', 'warp', 'remap_exact', 'warp_labels', 'photometric_occlusion', 'fb_consistency_mask']
 
 # %% ../nbs/02_warp.ipynb #c005
 def _check_flow(flow: torch.Tensor, x: torch.Tensor) -> None:
@@ -82,7 +82,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tuple[t
 _REMAP_DTYPES = (torch.uint8, torch.int16)
 _REMAP_MAX_SIDE = 32767  # remap stores rounded coordinates as int16
 
-def _use_remap(labels: torch.Tensor, flow: torch.Tensor) -> bool:
+def remap_exact(labels: torch.Tensor, flow: torch.Tensor) -> bool:
     "Whether OpenCV's remap can warp `labels` by `flow` with the same result as the gather."
     return (labels.device.type == "cpu" and flow.device.type == "cpu" and flow.dtype == torch.float32
             and labels.dtype in _REMAP_DTYPES and max(labels.shape[-2:]) < _REMAP_MAX_SIDE)
@@ -94,7 +94,7 @@ def warp_labels(labels: torch.Tensor, flow: torch.Tensor, fill: int | None = Non
     if labels.ndim != 3 or labels.is_floating_point():
         raise ValueError(f"labels: expected integer label maps (B,H,W), got {labels.dtype} {tuple(labels.shape)}")
     _check_flow(flow, labels)
-    if _use_remap(labels, flow):
+    if remap_exact(labels, flow):
         H, W = labels.shape[-2:]
         xs, ys = np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32)[:, None]
         border = (dict(borderMode=cv2.BORDER_REPLICATE) if fill is None
