@@ -5,6 +5,7 @@
 # %% ../nbs/13_segment.ipynb #c003
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -92,6 +93,10 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
         raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise PermissionError(f"out {str(out)!r}: folder {str(out.parent)!r} does not exist or is not writable")
+    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
+        # checked now: the label PNGs are moved into it only after the whole video is written
+        raise NotADirectoryError(errno.ENOTDIR, "labels_dir: expected a folder for the label PNGs, found a file",
+                                 str(labels_dir))
     frames, count, fps = open_frames(source)
     predictor = Predictor(model, backend, device)
     palette = cityscapes_palette() if palette is None else palette
