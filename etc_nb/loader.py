@@ -16,7 +16,7 @@ from .data import get_dataset
 from .data.augment import VideoAugment
 
 # %% auto #0
-__all__ = ['batch_keys', 'training_set', 'collate', 'StepBatches', 'default_workers', 'training_loader']
+__all__ = ['batch_keys', 'training_set', 'collate', 'StepBatches', 'default_workers', 'check_workers', 'training_loader']
 
 # %% ../nbs/05c_loader.ipynb #c013
 def batch_keys(n: int, batch_size: int, seed: int, step: int) -> list[tuple[int, int]]:
@@ -77,14 +77,18 @@ def default_workers(world: int = 1) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(8, cpus // world - 1))
 
+def check_workers(workers: int | None) -> int | None:
+    "`workers` as given (None: the default), or a one-line ValueError unless it is an integer >= 0."
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+        raise ValueError(f"workers: expected an integer >= 0 (0: no worker processes), got {workers!r}")
+    return workers
+
 def training_loader(ds, cfg: TrainConfig, start: int, end: int, shard: tuple[int, int] = (0, 1),
                     workers: int | None = None, device="cpu") -> DataLoader:
     """The batches of steps `start..end-1` of a run of `cfg` over the training set `ds` (`training_set(cfg)`),
     this rank's shard of each, `collate`d. `workers`: DataLoader worker processes (None: `default_workers`;
     0: prepared in this process). On a GPU the batches are pinned so that copies overlap compute."""
-    workers = default_workers(shard[1]) if workers is None else workers
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ValueError(f"workers: expected an integer >= 0 (0: no worker processes), got {workers!r}")
+    workers = default_workers(shard[1]) if check_workers(workers) is None else workers
     sampler = StepBatches(len(ds), cfg.batch_size, cfg.seed, start, end, shard)
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers else {}
     # its own generator: a DataLoader draws a seed for its workers when iterated, and from the global torch RNG

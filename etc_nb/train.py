@@ -27,7 +27,7 @@ from .config import DISTILL_TERMS, TrainConfig
 from .distributed import barrier, distributed, sync_batchnorm
 from .flow import get_flow_estimator
 from .io import atomic_write, load_torch
-from .loader import training_loader, training_set
+from .loader import check_workers, training_loader, training_set
 from .losses import MFDistill
 from .models import create_model
 from .objective import training_loss
@@ -170,8 +170,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
     fails before its first checkpoint removes the folder if it created it."""
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "last.pt"
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
-        raise ValueError(f"workers: expected an integer >= 0 (0: no worker processes), got {workers!r}")
+    check_workers(workers)                      # before the lock and the folder: a bad value creates nothing
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     created = not out_dir.exists()
