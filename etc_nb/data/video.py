@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .cityscapes import CityscapesVideo
+from .base import VideoDataset
 from ..flow import frame_id
 from ..io import read_label
 
@@ -43,59 +43,51 @@ def image_size(path) -> tuple[int, int]:
     return h, w
 
 # %% ../../nbs/data/08_video.ipynb #c009
-class FrameSequences(CityscapesVideo):
-    """Base of the readers of non-Cityscapes layouts. Items, modes, RS triplets, flows, augmentation and pseudo
-    labels are `CityscapesVideo`'s (items: `image` `(3,H,W)`, `label` `(H,W)` int64 with 255 = ignore, `name`,
-    `pseudo`; `mode="triplet"` adds `frames` `(3,3,H,W)`, `gaps` and, with `flow`, `flows` `(2,2,H,W)`;
-    `mode="sequence"` gives `frames` `(T,3,H,W)`, `labels` `(T,H,W)`, `labelled` `(T,)`, `pseudo` `(T,)`,
-    `names` and, with `flow`, `flows` `(T-1,2,H,W)`).
+class FrameSequences(VideoDataset):
+    """Reader of sequences of frame files in any layout (the base of CamVid, 300VW-Mask, YouTube-VIS,
+    VideoMatting and `Video`). Items, modes, `flow`, `augment` and `pseudo_root` as `VideoDataset`.
 
-    `flow`: None, an estimator name (`"dis"`, `"dis_fast"`, `"raft_small"`, ...) or a `FlowEstimator`, cached under
-    `cache_dir` (default `root/flow_cache`). `clip`: in `mode="sequence"`, sequences are cut into
-    consecutive clips of at most `clip` frames (None: whole sequences). `sequences`: names of the
-    sequences to keep (None: all). `pseudo_root`: pseudo labels of the frames without ground truth. Class
-    attributes: `classes` (names, index = class id), `layout` (the expected layout, quoted by errors),
-    `ignore_in_miou` (class ids that the dataset's mIoU leaves out), `void_ids` (label ids read as 255),
-    `every_frame` (frame/triplet items over every frame: unlabelled data)."""
-    layout: str = ""
+    `clip`: in `mode="sequence"`, sequences are cut into consecutive clips of at most `clip` frames (None: whole
+    sequences). `sequences`: names of the sequences to keep (None: all). Class attributes: `classes` (names,
+    index = class id), `layout` (the expected layout, quoted by errors), `ignore_in_miou` (class ids that the
+    dataset's mIoU leaves out), `void_ids` (label ids read as 255), `every_frame` (frame/triplet items over
+    every frame: unlabelled data)."""
     pseudo_layout = "pseudo_root/{split}/{sequence}/{frame file stem}_label.png (+ _confidence.png)"
     classes: tuple[str, ...] = ()
     ignore_in_miou: tuple[int, ...] = ()
     void_ids: tuple[int, ...] = ()
 
     def __init__(self, root, split: str = "train", mode: str = "frame", gap: int = 3, random_gap: bool = True,
-                 flow: str | None = None, augment=None, cache_dir=None, clip: int | None = 30,
+                 flow=None, augment=None, cache_dir=None, clip: int | None = 30,
                  sequences: list[str] | None = None, pseudo_root=None):
         if clip is not None and (not isinstance(clip, int) or clip < 1):
             raise ValueError(f"clip: expected a positive number of frames or None, got {clip!r}")
-        self._configure(root, split, mode, gap, random_gap, augment, cache_dir)
+        self.clip, self.sequences = clip, sequences
+        super().__init__(root, split, mode, gap, random_gap, flow, augment, cache_dir, pseudo_root)
+
+    def _index(self) -> tuple[dict, dict]:
+        """`{sequence name: [frame paths in temporal order]}` and `{(sequence name, position): label file}`."""
+        raise NotImplementedError
+
+    def _snippets(self):
         if not self.root.exists():
             raise FileNotFoundError(errno.ENOENT, f"dataset root not found; expected {self.layout}", str(self.root))
         seqs, labels = self._index()
         self.num_classes = len(self.classes)               # after _index: some datasets read their classes there
-        if sequences is not None:
-            unknown = sorted(set(sequences) - set(seqs))
+        if self.sequences is not None:
+            unknown = sorted(set(self.sequences) - set(seqs))
             if unknown:
-                raise ValueError(f"sequences: {unknown} not in {self.root} (split {split!r}); available: {sorted(seqs)}")
-            seqs = {k: v for k, v in seqs.items() if k in sequences}
-        self.snippets, self.label_paths = {}, {}
+                raise ValueError(f"sequences: {unknown} not in {self.root} (split {self.split!r}); "
+                                 f"available: {sorted(seqs)}")
+            seqs = {k: v for k, v in seqs.items() if k in self.sequences}
+        snippets, label_paths = {}, {}
         for name, paths in seqs.items():
-            step = clip if mode == "sequence" and clip else len(paths)
+            step = self.clip if self.mode == "sequence" and self.clip else len(paths)
             for c, start in enumerate(range(0, len(paths), step)):
                 key = (name, c)
-                self.snippets[key] = {n: paths[n] for n in range(start, min(start + step, len(paths)))}
-                self.label_paths.update({(key, n): labels[(name, n)] for n in self.snippets[key] if (name, n) in labels})
-        self._index_targets(pseudo_root, where=self.root)
-        self._flow_cache = self._flow_source(flow)
-
-    def _index(self) -> tuple[dict, dict]:
-        raise NotImplementedError
-
-    def _flow_source(self, flow):
-        if flow == "gt":
-            raise ValueError(f"flow: {type(self).__name__} ships no ground-truth flow; expected None, an estimator "
-                             "name ('dis', 'dis_fast', 'raft_small', ...) or a FlowEstimator, got 'gt'")
-        return super()._flow_source(flow)
+                snippets[key] = {n: paths[n] for n in range(start, min(start + step, len(paths)))}
+                label_paths.update({(key, n): labels[(name, n)] for n in snippets[key] if (name, n) in labels})
+        return snippets, label_paths
 
     def _ids_to_label(self, raw: np.ndarray, path) -> np.ndarray:
         "Class-id map `raw` `(H,W)` → uint8 label (`void_ids` → 255); ids that are no class are an error naming `path`."
