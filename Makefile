@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= results/demo
 DEMO_ARGS ?=
 
-.PHONY: install test check-export pytest nbtest demo lab clean
+.PHONY: install test check-export pytest nbtest readme check-readme demo lab clean
 
 $(STAMP): setup.py settings.ini constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ check-export: $(STAMP)
 	if diff -r -x __pycache__ $$tmp/etc_nb etc_nb; then echo "etc_nb/ matches the notebooks"; rm -rf $$tmp; \
 	else echo "etc_nb/ is out of step with nbs/: edit the notebook, run nbdev_export, commit both"; rm -rf $$tmp; exit 1; fi
 
+# README.md is rendered from nbs/index.ipynb (nbdev's readme notebook; nbdev_readme needs Quarto, which cannot be
+# installed here, so nbconvert renders it). Links are written relative to nbs/ in the notebook and rebased here.
+README_RENDER = $(BIN)/jupyter nbconvert --to markdown --log-level WARN --stdout nbs/index.ipynb \
+	| sed -E -e 's|\]\(([A-Za-z0-9_][^):]*)\)|](nbs/\1)|g' -e 's|\]\(\.\./|](|g'
+
+readme: $(STAMP)
+	@$(README_RENDER) > README.md.tmp && mv README.md.tmp README.md && echo "README.md rendered from nbs/index.ipynb"
+
+check-readme: $(STAMP)
+	@$(README_RENDER) | diff -u README.md - > /dev/null && echo "README.md matches nbs/index.ipynb" \
+	|| { echo "README.md is out of step with nbs/index.ipynb: edit the notebook, run make readme, commit both"; exit 1; }
+
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
@@ -32,7 +44,7 @@ pytest: $(STAMP)
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
-test: check-export pytest nbtest
+test: check-export check-readme pytest nbtest
 
 demo: $(STAMP)
 	$(BIN)/etc-nb demo --out $(DEMO_OUT) $(DEMO_ARGS)

@@ -23,9 +23,9 @@ from .viz import plot_accuracy_vs_consistency
 __all__ = ['DEMO_SETTINGS', 'DEMO_SCHEMES', 'run_demo']
 
 # %% ../nbs/08_demo.ipynb #c005
-# Benchmark and training settings of the two demo sizes (README quotes the full one). The demo's
+# Benchmark and training settings of the two demo sizes (results/README.md quotes the full one). The demo's
 # training is short (200 steps), so the temporal loss gets λ = 1: with the paper's λ = 0.1 the KL term
-# (≈0.1 per pixel here) adds ≈1% to the loss and changes nothing measurable in 200 steps (README).
+# (≈0.1 per pixel here) adds ≈1% to the loss and changes nothing measurable in 200 steps (results/README.md).
 DEMO_SETTINGS = {
     "full":  dict(bench=dict(n_train=48, n_val=8, frames=10, size=(64, 128)), steps=200, batch_size=4, lam=1.0),
     "quick": dict(bench=dict(n_train=16, n_val=3, frames=6, size=(64, 128)), steps=40, batch_size=4, lam=1.0),
