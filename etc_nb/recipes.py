@@ -5,18 +5,16 @@
 # %% ../nbs/16_recipes.ipynb #c003
 from __future__ import annotations
 
-import errno
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .data import get_dataset
+from .data.ytvis import ytvis_holdout
 from .data.videomatting import TRIMAP_CLASSES
 from .report import markdown_table, summarize
 from .evaluate import evaluate, predict
@@ -29,8 +27,8 @@ from .loader import training_set
 from .train import train
 
 # %% auto #0
-__all__ = ['RECIPES', 'EVALUATION', 'TRIMAP_LEVELS', 'epochs_to_steps', 'recipe', 'ytvis_holdout', 'sequences_tc',
-           'recipe_metrics', 'run_recipe', 'evaluate_trimaps', 'run_trimap_eval']
+__all__ = ['RECIPES', 'EVALUATION', 'TRIMAP_LEVELS', 'epochs_to_steps', 'recipe', 'sequences_tc', 'recipe_metrics', 'run_recipe',
+           'evaluate_trimaps', 'run_trimap_eval']
 
 # %% ../nbs/16_recipes.ipynb #c006
 def epochs_to_steps(epochs: float, images: int, batch_size: int) -> int:
@@ -126,34 +124,6 @@ def recipe(dataset: str, **overrides) -> TrainConfig:
     if steps is None:
         cfg = replace(cfg, steps=epochs_to_steps(epochs, len(training_set(cfg)), cfg.batch_size))
     return cfg
-
-# %% ../nbs/16_recipes.ipynb #c014
-def ytvis_holdout(root, out_root, fraction: float = 0.1, seed: int = 0) -> Path:
-    """Split the `train` videos of YouTube-VIS at `root` into `train` and `holdout` under `out_root` (json files
-    and links to the frame folders); `fraction` of the videos (at least one, at most all but one), drawn
-    with `seed`, are held out. Returns `out_root`, readable as `get_dataset("ytvis", out_root, split)`."""
-    root, out_root = Path(root), Path(out_root)
-    src = root / "train.json"
-    if not src.is_file():
-        raise FileNotFoundError(errno.ENOENT, "YouTube-VIS train annotations not found; expected root/train.json "
-                                "and root/train/JPEGImages/", str(src))
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction: expected a fraction of the videos in (0, 1), got {fraction!r}")
-    data = json.loads(src.read_text())
-    ids = sorted(v["id"] for v in data.get("videos", []))
-    if len(ids) < 2:
-        raise ValueError(f"{src}: {len(ids)} video(s); holding some out for validation needs at least 2")
-    n = min(len(ids) - 1, max(1, round(fraction * len(ids))))
-    held = set(np.random.default_rng(seed).choice(ids, n, replace=False).tolist())
-    for split, keep in (("train", lambda i: i not in held), ("holdout", lambda i: i in held)):
-        part = dict(data, videos=[v for v in data["videos"] if keep(v["id"])],
-                    annotations=[a for a in data.get("annotations", []) if keep(a["video_id"])])
-        atomic_write(out_root / f"{split}.json", json.dumps(part))
-        for suffix in ("", "_all_frames"):
-            target, link = root / f"train{suffix}", out_root / f"{split}{suffix}"
-            if target.is_dir() and not link.exists():
-                link.symlink_to(target.resolve(), target_is_directory=True)
-    return out_root
 
 # %% ../nbs/16_recipes.ipynb #c018
 def _clip_predictions(model, ds, batch_size: int, progress: bool):

@@ -16,9 +16,10 @@ import torch
 
 from .video import FrameSequences
 from ..flow import frame_id
+from ..io import atomic_write
 
 # %% auto #0
-__all__ = ['decode_segmentation', 'YouTubeVIS', 'write_fixture']
+__all__ = ['decode_segmentation', 'YouTubeVIS', 'write_fixture', 'ytvis_holdout']
 
 # %% ../../nbs/data/06_ytvis.ipynb #c005
 def decode_segmentation(seg, height: int, width: int, where: str = "segmentation") -> np.ndarray:
@@ -182,3 +183,31 @@ def write_fixture(root, size=(24, 32)) -> Path:
     valid = [{"id": 3, "width": W, "height": H, "length": 2, "file_names": frames("valid", "c3", (0, 5))}]
     (root / "valid.json").write_text(json.dumps({"videos": valid, "categories": cats}))
     return root
+
+# %% ../../nbs/data/06_ytvis.ipynb #c018
+def ytvis_holdout(root, out_root, fraction: float = 0.1, seed: int = 0) -> Path:
+    """Split the `train` videos of YouTube-VIS at `root` into `train` and `holdout` under `out_root` (json files
+    and links to the frame folders); `fraction` of the videos (at least one, at most all but one), drawn
+    with `seed`, are held out. Returns `out_root`, readable as `get_dataset("ytvis", out_root, split)`."""
+    root, out_root = Path(root), Path(out_root)
+    src = root / "train.json"
+    if not src.is_file():
+        raise FileNotFoundError(errno.ENOENT, "YouTube-VIS train annotations not found; expected root/train.json "
+                                "and root/train/JPEGImages/", str(src))
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction: expected a fraction of the videos in (0, 1), got {fraction!r}")
+    data = json.loads(src.read_text())
+    ids = sorted(v["id"] for v in data.get("videos", []))
+    if len(ids) < 2:
+        raise ValueError(f"{src}: {len(ids)} video(s); holding some out for validation needs at least 2")
+    n = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    held = set(np.random.default_rng(seed).choice(ids, n, replace=False).tolist())
+    for split, keep in (("train", lambda i: i not in held), ("holdout", lambda i: i in held)):
+        part = dict(data, videos=[v for v in data["videos"] if keep(v["id"])],
+                    annotations=[a for a in data.get("annotations", []) if keep(a["video_id"])])
+        atomic_write(out_root / f"{split}.json", json.dumps(part))
+        for suffix in ("", "_all_frames"):
+            target, link = root / f"train{suffix}", out_root / f"{split}{suffix}"
+            if target.is_dir() and not link.exists():
+                link.symlink_to(target.resolve(), target_is_directory=True)
+    return out_root
