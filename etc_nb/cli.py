@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import fields
+
+from tqdm.auto import tqdm
 
 from .demo import DEMO_SETTINGS
 from .infer import BACKENDS
@@ -166,14 +169,19 @@ def _flow(name: str, args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError, ImportError) as e:       # bad input: one line, no traceback
-        print(f"etc-nb {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:                         # a diverged training (NonFiniteError): one line too
-        print(f"etc-nb {args.cmd}: error: {e}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():                         # restores the default display when main returns
+        # a warning is one line naming its cause, as an error is (not Python's file:line + source line)
+        # (tqdm.write: printed above a progress bar that is running, not into it)
+        warnings.showwarning = lambda message, *_, **__: tqdm.write(f"etc-nb {args.cmd}: warning: {message}",
+                                                                     file=sys.stderr)
+        try:
+            run(args)
+        except (ValueError, OSError, ImportError) as e:     # bad input: one line, no traceback
+            print(f"etc-nb {args.cmd}: error: {e}", file=sys.stderr)
+            return 2
+        except FloatingPointError as e:                     # a diverged training (NonFiniteError): one line too
+            print(f"etc-nb {args.cmd}: error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 def run(args: argparse.Namespace) -> None:

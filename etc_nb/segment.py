@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.video import IMAGE_EXTS, natural_key
+from .data.video import IMAGE_EXTS, natural_key, warn_truncated
 from .flow import FlowEstimator, flow_to_tensor, get_flow_estimator
 from .infer import Predictor
 from .io import atomic_write, read_image
@@ -50,14 +50,17 @@ def open_frames(source) -> tuple:
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
 
     def frames():
+        n = 0
         try:
             frame = first
             while frame is not None:
                 yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                n += 1
                 ok, frame = cap.read()
                 frame = frame if ok else None
         finally:
             cap.release()
+        warn_truncated(source, count, n)
     return frames(), count, fps
 
 # %% ../nbs/13_segment.ipynb #c008

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,8 @@ from ..flow import frame_id
 from ..io import read_label
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'VIDEO_EXTS', 'natural_key', 'image_size', 'FrameSequences', 'decode_video', 'Video', 'write_fixture']
+__all__ = ['IMAGE_EXTS', 'VIDEO_EXTS', 'natural_key', 'image_size', 'FrameSequences', 'warn_truncated', 'decode_video', 'Video',
+           'write_fixture']
 
 # %% ../../nbs/data/08_video.ipynb #c006
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -112,6 +114,12 @@ class FrameSequences(VideoDataset):
         return Path(self.split, key[0], f"{Path(self.snippets[key][n]).stem}_{kind}.png")
 
 # %% ../../nbs/data/08_video.ipynb #c017
+def warn_truncated(path, promised: int, decoded: int) -> None:
+    "Warn when the video `path` decoded fewer frames than its header promised (`promised` <= 0: unknown, no check)."
+    if 0 < decoded < promised:
+        warnings.warn(f"{path}: its header promises {promised} frames but only {decoded} decode "
+                      f"(a truncated or corrupt file?); using the {decoded}", stacklevel=2)
+
 def decode_video(path, out_dir) -> list[Path]:
     """Decode every frame of the video file `path` into `out_dir/{i:06d}.png` and return the paths in order.
     An existing `out_dir` is a complete earlier decode and is reused."""
@@ -137,6 +145,7 @@ def decode_video(path, out_dir) -> list[Path]:
             n += 1
         if n == 0:
             raise ValueError(f"{path}: opened as a video but no frame decodes (empty or corrupt file)")
+        warn_truncated(path, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), n)
         try:
             os.replace(tmp, out_dir)
         except OSError:
