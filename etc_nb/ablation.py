@@ -82,14 +82,12 @@ TABLE_I = (   # paper Table I: the training terms, every video term with random 
     Arm("TL+PL", "tl+pl+rs", paper=(74.82, 70.25)),                  # inferred (see above)
     Arm("PF+MF+TL+PL", "pf+mf+tl+pl+rs", paper=(75.90, 70.67)),
 )
-TABLE_II = (  # paper Table II: random sampling off/on, for TL, distillation (Dis = PF+MF) and everything
-    Arm("TL", "tl", paper=(70.04, 70.21)),
-    Arm("TL+RS", "tl+rs", paper=(70.67, 70.46)),
-    Arm("Dis", "pf+mf", paper=(70.94, 69.98)),
-    Arm("Dis+RS", "pf+mf+rs", paper=(71.16, 70.21)),
-    Arm("Dis+TL+PL", "pf+mf+tl+pl", paper=(75.71, 70.63)),
-    Arm("Dis+TL+PL+RS", "pf+mf+tl+pl+rs", paper=(75.90, 70.67)),
-)
+# paper Table II: random sampling off and on for three rows of Table I (Dis = PF+MF); the "+RS" rows are Table I's
+# own rows (same scheme, same cached runs), the others the same schemes without "rs" and their paper numbers
+_RS_OFF = (("TL", "TL", (70.04, 70.21)), ("Dis", "PF+MF", (70.94, 69.98)), ("Dis+TL+PL", "PF+MF+TL+PL", (75.71, 70.63)))
+TABLE_II = tuple(arm for name, row, paper in _RS_OFF for on in [next(a for a in TABLE_I if a.name == row)]
+                 for arm in (Arm(name, "+".join(t for t in on.scheme.split("+") if t != "rs"), paper=paper),
+                             replace(on, name=f"{name}+RS")))
 TABLE_III = (  # paper Table III: the teachers with and without TL, and a PF student of each
     Arm("teacher (CE)", "baseline", role="teacher", paper=(78.84, 69.71)),
     Arm("teacher (CE+TL)", "tl+rs", role="teacher", paper=(79.53, 71.68)),

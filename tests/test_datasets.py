@@ -91,11 +91,20 @@ def test_camvid_sequence_clips_count_every_label_once_with_flows(cam, tmp_path):
     assert torch.equal(again[1]["flows"], items[1]["flows"])        # read back from the cache
 
 
+@pytest.mark.parametrize("reader, fixture, root_says, split, split_says", [
+    ("CamVid", "cam", "annot", "trainval", "trainval"),
+    ("VW300Mask", "vw", "images_orig", "trainval", "trainval_per10.txt"),
+    ("YouTubeVIS", "yt", "JPEGImages", "test", "test.json"),
+])
+def test_missing_root_or_split_names_what_was_expected(reader, fixture, root_says, split, split_says, tmp_path, request):
+    reader = globals()[reader]
+    with pytest.raises(FileNotFoundError, match=root_says):
+        reader(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=split_says):
+        reader(request.getfixturevalue(fixture), split)
+
+
 def test_camvid_errors(cam, tmp_path):
-    with pytest.raises(FileNotFoundError, match="annot"):
-        CamVid(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="trainval"):
-        CamVid(cam, "trainval")
     stills = camvid.write_fixture(tmp_path / "stills", video=False)
     with pytest.raises(FileNotFoundError, match="sequences/0001TP"):
         CamVid(stills, "train", mode="triplet")
@@ -150,10 +159,6 @@ def test_vw300mask_sequences_are_runs_of_listed_frames(vw):
 
 
 def test_vw300mask_errors(vw, tmp_path):
-    with pytest.raises(FileNotFoundError, match="images_orig"):
-        VW300Mask(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="trainval_per10.txt"):
-        VW300Mask(vw, "trainval")
     varied = vw300mask.write_fixture(tmp_path / "varied", vary_size=True)
     assert VW300Mask(varied, "train")[2]["image"].shape == (3, 43, 39)      # native crop size in frame mode
     with pytest.raises(ValueError, match="differ"):
@@ -239,10 +244,6 @@ def test_ytvis_errors(yt, tmp_path):
     assert not YouTubeVIS(yt, "valid", mode="sequence")[0]["labelled"].any()
     with pytest.raises(FileNotFoundError, match="no labelled frames"):
         YouTubeVIS(yt, "valid")
-    with pytest.raises(FileNotFoundError, match="JPEGImages"):
-        YouTubeVIS(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="test.json"):
-        YouTubeVIS(yt, "test")
     bad = copy(yt, tmp_path)
     (bad / "valid.json").write_text("{oops")
     with pytest.raises(ValueError, match="valid.json"):
