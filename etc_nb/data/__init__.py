@@ -19,6 +19,7 @@ DATASETS = {
     "vw300mask": "etc_nb.data.vw300mask:VW300Mask",
     "ytvis": "etc_nb.data.ytvis:YouTubeVIS",
     "videomatting": "etc_nb.data.videomatting:VideoMatting",
+    "vspw": "etc_nb.data.vspw:VSPW",
     "video": "etc_nb.data.video:Video",
 }
 
