@@ -1,18 +1,14 @@
-"""Tests of etc_nb.models.hardnet: the harmonic connection rule, HarDBlock wiring, FC-HarDNet-70's output
-contract, shapes, gradients, parameter count and MACs against the official release, export."""
+"""FC-HarDNet-specific tests (the shared output, gradient, state-dict and parameter-count contract, with the
+`min_size` rule, is in test_model_contract.py): the harmonic connection rule, HarDBlock wiring, the minimum input
+size, the refusal message for `pretrained`, MACs against the official release."""
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from etc_nb.models import count_params, create_model
-from etc_nb.models.hardnet import FCHarDNet, HarDBlock, fchardnet70, harmonic_links, harmonic_widths
+from etc_nb.models.hardnet import HarDBlock, fchardnet70, harmonic_links, harmonic_widths
 
 torch.set_num_threads(1)
-
-
-def ceil4(n):
-    return -(-n // 4)
 
 
 def test_links_follow_the_harmonic_rule():
@@ -65,43 +61,17 @@ def test_hardblock_wiring_against_hooks():
     assert y.shape[1] == blk.out_channels == sum(outs[k].shape[1] for k in (1, 3, 5, 7, 8))
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("size", [(64, 128), (97, 161)])
-def test_forward_shapes_never_aux(mode, size):
-    net = getattr(create_model("fchardnet70", num_classes=7), mode)()
-    with torch.no_grad():
-        out = net(torch.randn(2, 3, *size))
-    h, w = ceil4(size[0]), ceil4(size[1])
-    assert set(out) == {"logits", "feat"}
-    assert out["logits"].shape == (2, 7, h, w)
-    assert out["feat"].shape == (2, 48, h, w)
-    assert FCHarDNet.output_stride == 4 and FCHarDNet.train_only == () and FCHarDNet.aux_weight == 0
-
-
-def test_too_small_input_and_pretrained_raise():
-    net = fchardnet70(num_classes=3).eval()
-    with torch.no_grad():
-        assert net(torch.randn(1, 3, 61, 70))["logits"].shape == (1, 3, 16, 18)
-    with pytest.raises(ValueError, match="at least 61"):
-        net(torch.randn(1, 3, 60, 128))
+def test_min_size_and_pretrained_refusal():
+    # stride-4 stem, then 4 average pools between the 5 encoder blocks (the contract checks smaller inputs raise)
+    with torch.device("meta"):
+        assert fchardnet70().min_size == 61
     with pytest.raises(ValueError, match="no torchvision or timm.*hardnet68.pth"):
-        create_model("fchardnet70", pretrained="hardnet68.pth")
+        fchardnet70(pretrained="hardnet68.pth")
 
 
-def test_backward_reaches_stem():
-    net = fchardnet70(num_classes=3).train()
-    net(torch.randn(2, 3, 64, 96))["logits"].square().mean().backward()
-    assert net.stem[0][0].weight.grad.abs().sum() > 0
-    assert net.encoder[-1].layers[-1][0].weight.grad.abs().sum() > 0
-
-
-def test_parameter_count_and_macs_vs_official_release():
-    # official FCHarDNet README (github.com/PingoLH/FCHarDNet), "Results": FC-HarDNet-70 4.1M parameters,
-    # 35.4 GMac at 1024x2048. The paper's Table V lists 35.4 under #Params: that is the MAC count.
-    net = create_model("fchardnet70")
-    n = count_params(net)
-    assert n == count_params(net, inference=False) == 4_119_257
-    assert abs(n / 4.1e6 - 1) < 0.10
+def test_macs_vs_official_release():
+    # official FCHarDNet README (github.com/PingoLH/FCHarDNet), "Results": FC-HarDNet-70 4.1M parameters (checked in
+    # the contract), 35.4 GMac at 1024x2048. The paper's Table V lists 35.4 under #Params: that is the MAC count.
     with torch.device("meta"):
         meta_net = fchardnet70().eval()
         with FlopCounterMode(display=False) as counter:

@@ -1,50 +1,14 @@
-"""Tests of etc_nb.models.hrnet: HRNetV2-W18-Small-v2 output contract, shapes at odd sizes, gradients,
-the fusion rule of HighResolutionModule, parameter counts against the published ones, ImageNet checkpoint
-naming (HRNet-Image-Classification / timm `hrnet_w18_small_v2`) and export."""
+"""HRNet-specific tests (the shared output, gradient, state-dict, parameter-count and ImageNet-loading contract is in
+test_model_contract.py): branch sizes, the fusion rule of HighResolutionModule, the backbone against the ImageNet
+model's count, checkpoint naming (HRNet-Image-Classification / timm `hrnet_w18_small_v2`), configuration checks."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from etc_nb.models import count_params, create_model
-from etc_nb.models.hrnet import HRNet, HRNetV2, HighResolutionModule, hrnet_w18s
+from etc_nb.models.hrnet import HRNet, HighResolutionModule
 
 torch.set_num_threads(1)
-
-
-def ceil4(n):
-    return -(-n // 4)
-
-
-@pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    return create_model("hrnet_w18s", num_classes=7)
-
-
-@pytest.mark.parametrize("size", [(64, 96), (57, 75)])
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_forward_shapes_no_aux(net, size, mode):
-    getattr(net, mode)()
-    with torch.no_grad():
-        out = net(torch.randn(2, 3, *size))
-    assert set(out) == {"logits", "feat"}          # HRNetV2 has no auxiliary head, in either mode
-    h, w = ceil4(size[0]), ceil4(size[1])
-    assert out["logits"].shape == (2, 7, h, w)
-    assert out["feat"].shape == (2, 270, h, w)
-    net.eval()
-
-
-def test_contract_attributes():
-    assert HRNetV2.output_stride == 4 and HRNetV2.train_only == () and HRNetV2.aux_weight == 0.0
-    assert isinstance(create_model("hrnet_w18s"), HRNetV2)
-
-
-def test_backward_reaches_stem():
-    net = hrnet_w18s(num_classes=3).train()
-    net(torch.randn(2, 3, 40, 56))["logits"].square().mean().backward()
-    assert net.backbone.conv1.weight.grad.abs().sum() > 0
-    assert net.classifier.weight.grad.abs().sum() > 0
 
 
 def test_backbone_branch_sizes_odd_input():
@@ -75,16 +39,6 @@ def test_fusion_rule_recomputed_by_hand():
     assert torch.allclose(ys[0], y0, atol=1e-5) and torch.allclose(ys[3], y3, atol=1e-5)
     assert [len(f[3][j]) for j in range(3)] == [3, 2, 1]       # one stride-2 conv per factor 2
     assert len(f[3][0][0]) == 3 and len(f[3][0][2]) == 2       # ReLU between steps, none after the last
-
-
-def test_parameter_count_vs_published():
-    # Published: 3.9M for HRNetV2-W18-Small-v2 (HRNet-Semantic-Segmentation README, "Small models": 3.9M params,
-    # 71.6 GFLOPs, Cityscapes 19 classes), the count Table V of the paper gives HRNet-w18.
-    net = create_model("hrnet_w18s")
-    n = count_params(net)
-    assert n == 3_939_309
-    assert abs(n / 3.9e6 - 1) < 0.10
-    assert count_params(net, inference=False) == n      # nothing is training-only
 
 
 def imagenet_head_params(channels=(18, 36, 72, 144), planes=(32, 64, 128, 256)):
@@ -122,48 +76,6 @@ def test_state_dict_names_follow_hrnet_image_classification():
     assert "stage3.2.branches.0.0.conv1.weight" in sd and "stage3.3.branches.0.0.conv1.weight" not in sd
     assert "stage4.1.branches.0.0.conv1.weight" in sd and "stage4.2.branches.0.0.conv1.weight" not in sd
     assert "layer1.1.conv3.weight" in sd and "layer1.2.conv3.weight" not in sd
-
-
-def timm_checkpoint(backbone):
-    sd = dict(backbone.state_dict())
-    sd.update({"incre_modules.0.0.conv1.weight": torch.randn(32, 18, 1, 1),
-               "downsamp_modules.2.1.running_mean": torch.randn(1024),
-               "final_layer.0.weight": torch.randn(2048, 1024, 1, 1), "final_layer.0.bias": torch.randn(2048),
-               "classifier.weight": torch.randn(1000, 2048), "classifier.bias": torch.randn(1000)})
-    return sd
-
-
-def test_pretrained_round_trip(tmp_path):
-    src = HRNet().eval()      # random convolutions, unlike the fresh model's; perturb BatchNorm too
-    for m in src.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            for t in (m.weight, m.running_var):
-                t.data.uniform_(0.5, 1.5)
-            for t in (m.bias, m.running_mean):
-                t.data.normal_(0, 0.1)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in timm_checkpoint(src).items()}}, tmp_path / "w18s.pth")
-    net = hrnet_w18s(pretrained=tmp_path / "w18s.pth").eval()
-    assert torch.equal(net.backbone.transition3[3][0][0].weight, src.transition3[3][0][0].weight)
-    x = torch.randn(1, 3, 45, 61)
-    with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(net.backbone(x), src(x)))
-
-
-def test_pretrained_bad_files_raise(tmp_path):
-    sd = timm_checkpoint(HRNet())
-    del sd["stage4.1.fuse_layers.3.2.0.0.weight"]
-    sd["transition1.0.0.weight"] = torch.zeros(32, 256, 3, 3)     # HRNet-W32's width
-    torch.save(sd, tmp_path / "hrnet_w32.pth")
-    with pytest.raises(ValueError) as e:
-        hrnet_w18s(pretrained=tmp_path / "hrnet_w32.pth")
-    msg = str(e.value)
-    assert "hrnet_w32.pth" in msg and "missing keys: stage4.1.fuse_layers.3.2.0.0.weight" in msg
-    assert "transition1.0.0.weight (32, 256, 3, 3)" in msg
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pth")
-    with pytest.raises(ValueError, match="resnet.pth"):
-        create_model("hrnet_w18s", pretrained=tmp_path / "resnet.pth")
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
-        hrnet_w18s(pretrained=tmp_path / "absent.pth")
 
 
 def test_bad_configuration_raises():
