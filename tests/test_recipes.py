@@ -8,7 +8,7 @@ import papermill as pm
 import pytest
 import torch
 
-from etc_nb.data import camvid, cityscapes, get_dataset, videomatting, vw300mask, ytvis
+from etc_nb.data import camvid, cityscapes, get_dataset, videomatting, vspw, vw300mask, ytvis
 from etc_nb.evaluate import predict
 from etc_nb.metrics import confusion_matrix, iou_from_confusion, temporal_consistency
 from etc_nb.checkpoint import load_checkpoint
@@ -107,6 +107,19 @@ def test_ytvis_notebook_holds_out_train_videos(tmp_path):
     assert split["train"] | split["holdout"] == {"a1", "b2"} and not split["train"] & split["holdout"]
     cm, _ = _reference(out / "runs" / "baseline_seed0" / "last.pt", "ytvis", out / "data", "holdout", 4)
     assert cm.sum() > 0 and df.iloc[0].mIoU == pytest.approx(100 * np.nanmean(iou_from_confusion(cm).numpy()))
+
+
+def test_vspw_notebook_scores_every_val_frame(tmp_path):
+    root = vspw.write_fixture(tmp_path / "vspw")
+    out = _run("vspw", tmp_path, root=str(root), crop=[24, 24], **TINY)
+    df = _check(out, "124 classes")
+    cfg = json.loads((out / "runs" / "tl+rs_seed0" / "config.json").read_text())
+    assert (cfg["num_classes"], cfg["lr"], cfg["dataset"]) == (124, 0.002, "vspw")
+    cm, tc = _reference(out / "runs" / "baseline_seed0" / "last.pt", "vspw", root, "val", 124)
+    assert cm.sum() == 5 * 336          # every val frame: the fixture's 336 class pixels, 'others' and void left out
+    row = df.iloc[0]
+    assert row.mIoU == pytest.approx(100 * np.nanmean(iou_from_confusion(cm).numpy()))
+    assert row.TC_dis == pytest.approx(tc)
 
 
 def test_videomatting_notebook_scores_checkpoints(tmp_path):
