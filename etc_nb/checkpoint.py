@@ -72,6 +72,7 @@ def save_checkpoint(ckpt: dict, path) -> Path:
                              f"{', ...' if len(bad) > 3 else ''}); not written to {path}")
     return atomic_save(ckpt, path)
 
+# %% ../nbs/05d_checkpoint.ipynb #n8b375b
 def remove_stale_writes(out_dir) -> list[Path]:
     "Delete the temporary files that killed writes left in run folder `out_dir` (`.NAME.PID.HEX.tmp`); returns them."
     stale = sorted(Path(out_dir).glob(".*.tmp"))

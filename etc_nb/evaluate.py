@@ -15,7 +15,7 @@ from .losses import upsample_like
 from .metrics import nanmean, confusion_matrix, iou_from_confusion, mean_tc, miou, pixel_accuracy, temporal_consistency
 
 # %% auto #0
-__all__ = ['predict', 'default_flows', 'evaluate']
+__all__ = ['predict', 'sequence_predictions', 'default_flows', 'evaluate']
 
 # %% ../nbs/06_evaluate.ipynb #c005
 @torch.inference_mode()
@@ -28,11 +28,19 @@ def predict(model, frames: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
              for chunk in frames.split(batch_size)]
     return torch.cat(preds)
 
+# %% ../nbs/06_evaluate.ipynb #nseqpred
+def sequence_predictions(model, ds, batch_size: int = 8, progress: bool = True):
+    "Each item of `ds` (a dataset in `mode=\"sequence\"`) with `predict`'s per-frame predictions `(T,H,W)` of its frames."
+    for i in tqdm(range(len(ds)), desc="predict", disable=not progress, leave=False):
+        item = ds[i]
+        yield item, predict(model, item["frames"], batch_size)
+
 # %% ../nbs/06_evaluate.ipynb #c006
 def default_flows(dataset: str) -> tuple[str, ...]:
     "Flow sources TC is measured with by default: ground truth and DIS on the synthetic benchmark, DIS elsewhere."
     return ("gt", "dis") if dataset == "synthetic" else ("dis",)
 
+# %% ../nbs/06_evaluate.ipynb #nb17ee9
 def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_classes: int | None = None,
              flows=None, batch_size: int = 8, progress: bool = True) -> dict:
     """Evaluate `model` on every sequence of `dataset` at `root`/`split`.

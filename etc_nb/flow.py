@@ -84,7 +84,7 @@ def flow_to_tensor(flow: np.ndarray) -> torch.Tensor:
         raise ValueError(f"flow: expected (H,W,2) or (N,H,W,2), got {a.shape}")
     return torch.from_numpy(a.transpose(0, 3, 1, 2).copy())
 
-
+# %% ../nbs/01_flow.ipynb #na105d1
 def flow_to_numpy(flow: torch.Tensor) -> np.ndarray:
     "Flow tensor `(1,2,H,W)` or `(2,H,W)` → numpy `(H,W,2)` float32 (e.g. to `write_flo` a predicted flow)."
     t = flow.detach()
@@ -101,7 +101,7 @@ def check_frame(img, name: str) -> None:
         desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
         raise ValueError(f"{name}: expected a uint8 RGB image (H,W,3), got {desc}")
 
-
+# %% ../nbs/01_flow.ipynb #nfdfeaa
 class FlowEstimator:
     """Interface of optical-flow estimators: `est(ref, tgt)` → flow `(H,W,2)` float32 from `ref` to `tgt`.
 
@@ -110,6 +110,7 @@ class FlowEstimator:
     name: str = "flow"
 
     def __call__(self, ref: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+        "Flow `(H,W,2)` float32 from `ref` to `tgt`: checks both frames, calls `compute`, checks its shape."
         check_frame(ref, "ref")
         check_frame(tgt, "tgt")
         if ref.shape != tgt.shape:
@@ -206,6 +207,7 @@ def read_flow_png(path: str | os.PathLike) -> np.ndarray:
     flow[q[..., 2] == 0] = np.nan
     return flow
 
+# %% ../nbs/01_flow.ipynb #n067b0e
 def png_quantize(flow: np.ndarray) -> np.ndarray:
     "What `read_flow_png` returns for `flow` `(H,W,2)` written by `write_flow_png`, computed in memory."
     return (np.rint(np.asarray(flow, np.float32) * _PNG_SCALE) / _PNG_SCALE).astype(np.float32)
@@ -230,6 +232,10 @@ class FlowCache:
     def path(self, ref_path: str | os.PathLike, tgt_path: str | os.PathLike, fmt: str | None = None) -> Path:
         "File holding the flow from frame `ref_path` to frame `tgt_path` in `fmt` (default: the cache's)."
         return self.cache_dir / f"{frame_id(ref_path)}__{frame_id(tgt_path)}{FLOW_FORMATS[fmt or self.fmt][0]}"
+
+    def has(self, ref_path, tgt_path) -> bool:
+        "Whether the flow from `ref_path` to `tgt_path` is stored, in the cache's format or the other one."
+        return any(self.path(ref_path, tgt_path, fmt).is_file() for fmt in FLOW_FORMATS)
 
     def put(self, ref_path, tgt_path, flow: np.ndarray) -> Path:
         "Store `flow` `(H,W,2)` from `ref_path` to `tgt_path` (atomically, in the cache's format); returns its file."

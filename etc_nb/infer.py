@@ -157,6 +157,7 @@ class Predictor:
         return self._sessions[shape]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        "Logits `(B,K,h,w)` float32 on the CPU of `images` `(B,3,H,W)`, normalised like training."
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected (B,3,H,W), got {tuple(images.shape)}")
         if self.backend == "onnxruntime":

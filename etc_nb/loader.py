@@ -54,6 +54,7 @@ def training_set(cfg: TrainConfig):
     ds.labelled = [fr for fr in ds.labelled if fr in labelled]
     return ds
 
+# %% ../nbs/05c_loader.ipynb #n22e23d
 def collate(items: list[dict]) -> dict:
     "Stack the training fields (`image`, `label`, `frames`, `flows`) of `items` into a batch."
     return {k: torch.stack([it[k] for it in items]) for k in ("image", "label", "frames", "flows") if k in items[0]}
@@ -72,17 +73,20 @@ class StepBatches(Sampler):
     def __len__(self) -> int:
         return max(0, self.end - self.start)
 
+# %% ../nbs/05c_loader.ipynb #n25ea85
 def default_workers(world: int = 1) -> int:
     "Loader workers per training process: the CPUs this process may use, shared by the `world` processes, less one for training; at least 1."
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(8, cpus // world - 1))
 
+# %% ../nbs/05c_loader.ipynb #n2a08b0
 def check_workers(workers: int | None) -> int | None:
     "`workers` as given (None: the default), or a one-line ValueError unless it is an integer >= 0."
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise ValueError(f"workers: expected an integer >= 0 (0: no worker processes), got {workers!r}")
     return workers
 
+# %% ../nbs/05c_loader.ipynb #n9ba96f
 def training_loader(ds, cfg: TrainConfig, start: int, end: int, shard: tuple[int, int] = (0, 1),
                     workers: int | None = None, device="cpu") -> DataLoader:
     """The batches of steps `start..end-1` of a run of `cfg` over the training set `ds` (`training_set(cfg)`),

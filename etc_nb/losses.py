@@ -124,6 +124,7 @@ def pooled_size(*sizes: tuple[int, int], max_positions: int | None = 1024) -> tu
     h = max(1, int(h * scale))             # (h·scale < 1 is the transposed strip: one row)
     return h, min(w, max_positions // h)
 
+# %% ../nbs/03_losses.ipynb #n96317b
 def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Average-pool `x` `(B,C,h,w)` to `size` `(h',w')` → `(B,C,h',w')` (adaptive windows, which overlap
     when `h'` does not divide `h`); a no-op when `x` already has that size."""
@@ -131,6 +132,7 @@ def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return x
     return F.adaptive_avg_pool2d(x, size)
 
+# %% ../nbs/03_losses.ipynb #naee927
 def attention_map_bytes(size: tuple[int, int], pool: int | None = None, batch: int = 1,
                         itemsize: int = 4) -> int:
     "Bytes of one `(batch, N, N)` AT map of a `size` `(h,w)` input pooled to at most `pool` positions (float32 by default)."
@@ -146,6 +148,7 @@ def pf_map(logits_t: torch.Tensor, logits_tk: torch.Tensor, size: tuple[int, int
         p_t, p_tk = pool_to(p_t, size), pool_to(p_tk, size)
     return attention_map(p_t, p_tk)
 
+# %% ../nbs/03_losses.ipynb #n3d8fec
 def pf_loss(student_t: torch.Tensor, student_tk: torch.Tensor, teacher_t: torch.Tensor,
             teacher_tk: torch.Tensor, pool: int | None = 1024) -> torch.Tensor:
     """Pair-wise-frame (PF) distillation, paper Eq. 2 (scalar, unweighted).
@@ -247,6 +250,7 @@ def pixelwise_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: 
     log_p_t = (teacher_logits.detach() / T).log_softmax(1)
     return T * T * (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()
 
+# %% ../nbs/03_losses.ipynb #n19e896
 def pairwise_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, pool: int | None = 1024) -> torch.Tensor:
     """Pair-wise similarity distillation on one frame (scalar): MSE between `self_similarity` of the
     student's `(B,C_s,h_s,w_s)` and teacher's `(B,C_t,h_t,w_t)` features on the common grid of at most
@@ -256,6 +260,7 @@ def pairwise_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, pool: 
         m_teacher = self_similarity(teacher_feat, size)
     return F.mse_loss(self_similarity(student_feat, size), m_teacher)
 
+# %% ../nbs/03_losses.ipynb #n190389
 def sf_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_feat: torch.Tensor,
             teacher_feat: torch.Tensor, T: float = 1.0, pool: int | None = 1024,
             kd_weight: float = 10.0, pair_weight: float = 1.0) -> torch.Tensor:

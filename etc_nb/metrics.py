@@ -91,12 +91,14 @@ def miou(cm: torch.Tensor) -> float:
     "Mean IoU in percent over the classes present in target or prediction of the confusion matrix `cm` `(K,K)`."
     return 100 * nanmean(iou_from_confusion(cm))
 
+# %% ../nbs/04_metrics.ipynb #n961b53
 def pixel_accuracy(cm: torch.Tensor) -> float:
     "Fraction of counted pixels predicted correctly, in percent, from `cm` `(K,K)`; NaN when nothing was counted."
     cm = torch.as_tensor(cm)
     total = int(cm.sum())
     return 100.0 * int(cm.diagonal().sum()) / total if total else math.nan
 
+# %% ../nbs/04_metrics.ipynb #nb556f6
 def per_class_iou(cm: torch.Tensor, class_names: Iterable[str] | None = None) -> dict[str, float]:
     "Per-class IoU in percent as `{name: value}` (NaN for absent classes), for tables; names default to the ids."
     iou = (iou_from_confusion(cm) * 100).tolist()
@@ -244,6 +246,7 @@ def tc_from_confusions(cms: torch.Tensor, mode: str = "pair", per_class: bool = 
         per_cls = iou_from_confusion(cms.sum(0)).cpu() * 100
     return dict(TC=tc, per_class_tc=per_cls, per_pair_tc=per_pair.tolist()) if per_class else tc
 
+# %% ../nbs/04_metrics.ipynb #n2f9c26
 def temporal_consistency(preds, flows, num_classes: int, ignore_index: int | None = 255, valid=None,
                          occlusion=None, exclude_out_of_frame: bool = True, mode: str = "pair",
                          per_class: bool = False, chunk: int = 1) -> float | dict:

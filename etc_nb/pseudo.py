@@ -196,9 +196,11 @@ class Teacher:
 
     @property
     def num_classes(self) -> int:
+        "The number of classes, `len(classes)`."
         return len(self.classes)
 
     def __call__(self, frames) -> dict:
+        "`{'probs', 'found'}` of one frame `(H,W,3)` or of a video `(T,H,W,3)` (checked, then `predict`)."
         seq, single = _as_frames(frames)
         probs, found = self.predict(seq, video=not single)
         return {"probs": probs[0], "found": found[0]} if single else {"probs": probs, "found": found}

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,13 @@ def tc_flow_cache(frames, cache_dir, flow: str | FlowEstimator = "dis_fast") -> 
     key = hashlib.sha1(f"{source}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
     return FlowCache(Path(cache_dir) / estimator.name / f"{source.name}-{key}", estimator, fmt="png16")
+
+def _first_missing(path: Path) -> Path | None:
+    "The outermost folder of `path` (itself included) that does not exist yet: what writing into `path` creates."
+    path, missing = Path(path).absolute(), None
+    while not path.exists():
+        path, missing = path.parent, path
+    return missing
 
 def _pair_ids(t: int) -> tuple[str, str]:
     "Cache keys of the frames of pair t: its frame indices."
@@ -89,6 +97,7 @@ def _write_outputs(out: Path, res: dict) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.plot(pairs["pair"], pairs["tc"], lw=1, marker="." if len(pairs) < 200 else None)
     ax.axhline(res["TC"], color="k", ls="--", lw=1)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))   # frames are whole numbers
     ax.set(xlabel="frame t (pair t, t+1)", ylabel="TC (%)",
            title=f"temporal consistency per frame (dashed: TC {res['TC']:.2f} %, {res['mode']} mode)")
     png = io.BytesIO()
@@ -159,35 +168,42 @@ def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None
     def load(t):
         "Label t+1, the flow t → t+1 `(1,2,H,W)`, where that flow comes from and whether it was computed."
         cur, ids = label(t + 1), _pair_ids(t)
-        if cache is not None and cache.path(*ids).is_file():
+        if cache is not None and cache.has(*ids):
             return cur, flow_to_tensor(cache.get(*ids)), f"the cached flow {cache.path(*ids)}", False
         fl = cache.get(*ids, frame(t), frame(t + 1)) if cache is not None else estimator(frame(t), frame(t + 1))
         return cur, flow_to_tensor(fl), f"{frames} frame {t}", True
 
-    cms, computed = [], 0
-    prev, prev_name = label(0)
-    with ThreadPoolExecutor(1) as reader:  # reads (or computes) pair t+1 while pair t is counted
-        ahead = reader.submit(load, 0)
-        for t in tqdm(range(count - 1), desc="tc", disable=not progress, unit="pair"):
-            (cur, cur_name), fl, source, new = ahead.result()
-            if t + 1 < count - 1:
-                ahead = reader.submit(load, t + 1)
-            _check_same_size(cur_name, cur.shape, f"the previous label {prev_name}", prev.shape)
-            _check_same_size(prev_name, prev.shape, source, fl.shape[-2:])
-            computed += new
-            cm = pair_confusions(np.stack([prev, cur]), fl, num_classes or 255, ignore_index)[0]
-            cms.append(cm if num_classes else _trim(cm))  # keep (k,k), not (255,255), per pair
-            prev, prev_name = cur, cur_name
-    size = max(len(cm) for cm in cms)
-    cms = torch.stack([torch.nn.functional.pad(cm, (0, size - len(cm), 0, size - len(cm))) for cm in cms])
-    tc = tc_from_confusions(cms, mode, per_class=True)
-    seconds = time.perf_counter() - t0
-    res = dict(TC=tc["TC"], per_class_tc=tc["per_class_tc"].tolist(), per_pair_tc=tc["per_pair_tc"],
-               pixels=cms.sum((1, 2)).tolist(), frames=count, pairs=count - 1, num_classes=size, mode=mode,
-               flow=estimator.name, flows_computed=computed, seconds=seconds, pairs_per_s=(count - 1) / seconds,
-               frame_names=names, class_names=class_names or [str(k) for k in range(size)], files=[])
-    if out is not None:
-        res["files"] = [str(p) for p in _write_outputs(Path(out), res)]
+    # a run that fails removes the folders it created (the flow cache, `out`); what existed before stays
+    created = _first_missing(cache.cache_dir) if cache is not None else None
+    try:
+        cms, computed = [], 0
+        prev, prev_name = label(0)
+        with ThreadPoolExecutor(1) as reader:  # reads (or computes) pair t+1 while pair t is counted
+            ahead = reader.submit(load, 0)
+            for t in tqdm(range(count - 1), desc="tc", disable=not progress, unit="pair"):
+                (cur, cur_name), fl, source, new = ahead.result()
+                if t + 1 < count - 1:
+                    ahead = reader.submit(load, t + 1)
+                _check_same_size(cur_name, cur.shape, f"the previous label {prev_name}", prev.shape)
+                _check_same_size(prev_name, prev.shape, source, fl.shape[-2:])
+                computed += new
+                cm = pair_confusions(np.stack([prev, cur]), fl, num_classes or 255, ignore_index)[0]
+                cms.append(cm if num_classes else _trim(cm))  # keep (k,k), not (255,255), per pair
+                prev, prev_name = cur, cur_name
+        size = max(len(cm) for cm in cms)
+        cms = torch.stack([torch.nn.functional.pad(cm, (0, size - len(cm), 0, size - len(cm))) for cm in cms])
+        tc = tc_from_confusions(cms, mode, per_class=True)
+        seconds = time.perf_counter() - t0
+        res = dict(TC=tc["TC"], per_class_tc=tc["per_class_tc"].tolist(), per_pair_tc=tc["per_pair_tc"],
+                   pixels=cms.sum((1, 2)).tolist(), frames=count, pairs=count - 1, num_classes=size, mode=mode,
+                   flow=estimator.name, flows_computed=computed, seconds=seconds, pairs_per_s=(count - 1) / seconds,
+                   frame_names=names, class_names=class_names or [str(k) for k in range(size)], files=[])
+        if out is not None:
+            res["files"] = [str(p) for p in _write_outputs(Path(out), res)]
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     return res
 
 # %% ../nbs/14_tc.ipynb #c021

@@ -87,6 +87,7 @@ def remap_exact(labels: torch.Tensor, flow: torch.Tensor) -> bool:
     return (labels.device.type == "cpu" and flow.device.type == "cpu" and flow.dtype == torch.float32
             and labels.dtype in _REMAP_DTYPES and max(labels.shape[-2:]) < _REMAP_MAX_SIDE)
 
+# %% ../nbs/02_warp.ipynb #nc9663d
 def warp_labels(labels: torch.Tensor, flow: torch.Tensor, fill: int | None = None) -> torch.Tensor:
     """Nearest-neighbour backward warp of integer label maps `labels` `(B,H,W)` by `flow` `(B,2,H,W)`: the
     values of `warp(labels, flow, "nearest")`, with every sample outside the frame set to `fill` (None: read

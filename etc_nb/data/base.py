@@ -182,7 +182,7 @@ class VideoDataset(Dataset):
         if self._flow_cache is None:
             raise ValueError("flow: this dataset was made with flow=None; pass flow='gt' or an estimator name")
         fr, cache = self.snippets[key], self._flow_cache(key[0])
-        if cache.estimator is not None and not cache.path(fr[ref], fr[tgt]).is_file():
+        if cache.estimator is not None and not cache.has(fr[ref], fr[tgt]):
             ref_img = self.read_frame(key, ref) if ref_img is None else ref_img
             tgt_img = self.read_frame(key, tgt) if tgt_img is None else tgt_img
         return cache.get(fr[ref], fr[tgt], ref_img, tgt_img)

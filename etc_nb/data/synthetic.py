@@ -454,7 +454,7 @@ class Snippet:
         same = self.zbuf[s][yt.clip(0, H - 1), xt.clip(0, W - 1)] == self.zbuf[t]
         return inside & same
 
-
+# %% ../../nbs/data/00_synthetic.ipynb #n78727f
 def render_snippet(seed: int | Sequence[int], size: tuple[int, int] = (96, 192), frames: int = 10,
                    nuisance: float = 1.0) -> Snippet:
     """Render one snippet, deterministic in `seed` (an int or a sequence of ints, e.g. `(seed, split, index)`).
