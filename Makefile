@@ -7,6 +7,7 @@ DEMO_OUT ?= results/demo
 DEMO_ARGS ?=
 
 .PHONY: install test check-export pytest nbtest readme check-readme demo lab clean
+.PHONY: docs docs-check outputs
 
 $(STAMP): setup.py settings.ini constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +50,24 @@ test: check-export check-readme pytest nbtest
 demo: $(STAMP)
 	$(BIN)/etc-nb demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
+# The documentation site, offline: every notebook with its stored outputs (not re-run) and the API of
+# what it exports, results/README.md, MkDocs-Material -> _site/ (scratch and cache in _proc/).
+docs: $(STAMP)
+	$(BIN)/python nbs/_mkdocs/build.py
+
+# The site in headless Chromium (tests/test_docs.py, part of `make pytest`; skips without chromium).
+docs-check: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_docs.py
+
+# Refresh the outputs (figures, tables) stored in the notebooks that show them; the docs site renders these.
+OUTPUT_NBS ?= nbs/01_flow.ipynb nbs/02_warp.ipynb nbs/03_losses.ipynb nbs/04_metrics.ipynb nbs/05a_config.ipynb \
+	nbs/05b_objective.ipynb nbs/05c_loader.ipynb nbs/05d_checkpoint.ipynb nbs/06_evaluate.ipynb nbs/07_viz.ipynb \
+	nbs/10_pseudo.ipynb nbs/11_infer.ipynb nbs/14_tc.ipynb nbs/data/00_synthetic.ipynb nbs/models/00_registry.ipynb
+outputs: $(STAMP)
+	$(BIN)/python nbs/_mkdocs/store_outputs.py $(OUTPUT_NBS)
+
 lab: $(STAMP)
 	$(BIN)/jupyter lab nbs
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info _site _proc
