@@ -304,12 +304,16 @@ def test_pages_load_with_title_and_heading(site):
     _fail(problems)
 
 
+def _notebook_pages(site):
+    "(page, what the browser saw, what its notebook holds) for every page made from a notebook."
+    for page, i in site["pages"].items():
+        if (exp := _expected(page)) is not None:
+            yield page, i, exp
+
+
 def test_notebook_pages_have_their_headings_and_api(site):
     problems = []
-    for page, i in site["pages"].items():
-        exp = _expected(page)
-        if exp is None:
-            continue
+    for page, i, exp in _notebook_pages(site):
         src = exp["first"]
         src = "".join(src["source"]) if src and isinstance(src["source"], list) else (src or {}).get("source", "")
         m = re.search(r"^#\s+(.+)$", src, re.M)
@@ -325,14 +329,14 @@ def test_notebook_pages_have_their_headings_and_api(site):
 
 def test_figures_are_images_that_decode(site):
     problems = []
-    for page, i in site["pages"].items():
-        exp = _expected(page)
+    for page, i, exp in _notebook_pages(site):
         good = [f for f in i["figures"] if f["src"].startswith("data:image/") and f["len"] > 100 and f["w"] > 0]
-        if exp and len(good) < exp["figures"]:
+        if len(good) < exp["figures"]:
             problems.append(f"{page}: {len(good)} figure(s) shown of the {exp['figures']} stored in the notebook "
                             f"({i['figures'][:3]})")
-        if exp and i["svgs"] < exp["svgs"]:
+        if i["svgs"] < exp["svgs"]:
             problems.append(f"{page}: {i['svgs']} SVG figure(s) shown of {exp['svgs']}")
+    for page, i in site["pages"].items():
         broken = [f["src"] for f in i["images"] if not (f["complete"] and f["w"] > 0)]
         if broken:
             problems.append(f"{page}: broken image(s) {broken[:3]}")
