@@ -13,11 +13,13 @@ import cv2
 import numpy as np
 import torch
 
-from .warp import remap_exact, warp_labels
+from .warp import fb_consistency_mask, remap_exact, warp, warp_labels
 
 # %% auto #0
 __all__ = ['TC_BACKENDS', 'confusion_matrix', 'iou_from_confusion', 'nanmean', 'miou', 'pixel_accuracy', 'per_class_iou',
-           'SegMetrics', 'pair_confusions', 'tc_from_confusions', 'temporal_consistency', 'mean_tc']
+           'SegMetrics', 'pair_confusions', 'tc_from_confusions', 'temporal_consistency', 'mean_tc', 'vc_windows',
+           'video_consistency', 'mean_video_consistency', 'warping_error_mask', 'warping_error',
+           'temporal_stability_pair', 'temporal_stability']
 
 # %% ../nbs/04_metrics.ipynb #c006
 def _as_labels(x, name: str) -> torch.Tensor:
@@ -129,9 +131,11 @@ class SegMetrics:
                     per_class_iou=iou_from_confusion(self.cm) * 100)
 
 # %% ../nbs/04_metrics.ipynb #c027
-def _encode(preds: torch.Tensor, num_classes: int, ignore_index: int | None, dtype: torch.dtype) -> torch.Tensor:
-    "`preds` as contiguous `dtype` with `ignore_index` re-coded to `num_classes`: `preds` itself when nothing changes."
-    in_range = _check_ids(preds, num_classes, "preds", ignore_index)
+def _encode(preds: torch.Tensor, num_classes: int, ignore_index: int | None, dtype: torch.dtype,
+            name: str = "preds") -> torch.Tensor:
+    """`preds` as contiguous `dtype` with `ignore_index` re-coded to `num_classes`: `preds` itself when nothing changes.
+    Ids outside `[0, num_classes)` other than `ignore_index` are a ValueError naming `name`."""
+    in_range = _check_ids(preds, num_classes, name, ignore_index)
     recode = ignore_index is not None and (0 <= ignore_index < num_classes or not in_range)
     codes = preds.to(dtype, copy=recode).contiguous()  # never write into the caller's tensor
     if recode:
@@ -148,6 +152,17 @@ def _check_mask(mask, name: str, shapes: list[tuple], device) -> torch.Tensor | 
         raise ValueError(f"{name}: expected a boolean mask of shape {' or '.join(map(str, shapes))},"
                          f" got {tuple(mask.shape)}")
     return mask.to(device=device, dtype=torch.bool)
+
+# %% ../nbs/04_metrics.ipynb #n5f1a20
+def _as_flows(flows, name: str, thw: tuple[int, int, int], of: str, device) -> torch.Tensor:
+    """`flows` (torch or numpy) as float32 `(T-1,2,H,W)` on `device` for maps `of` shape `thw` = `(T,H,W)`, or a
+    ValueError naming `name` with the shape expected."""
+    T, H, W = thw
+    f = flows if isinstance(flows, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(flows))
+    if tuple(f.shape) != (T - 1, 2, H, W):
+        raise ValueError(f"{name}: expected shape (T-1,2,H,W) = {(T - 1, 2, H, W)} for {of} of shape {thw},"
+                         f" got {tuple(f.shape)}")
+    return f.to(device=device, dtype=torch.float32)
 
 # %% ../nbs/04_metrics.ipynb #c029
 TC_BACKENDS = ("auto", "opencv", "torch")
@@ -209,11 +224,7 @@ def pair_confusions(preds, flows, num_classes: int, ignore_index: int | None = 2
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"preds: expected label maps (T,H,W) of one sequence with T >= 2, got {tuple(p.shape)}")
     T, H, W = p.shape
-    f = flows if isinstance(flows, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(flows))
-    if tuple(f.shape) != (T - 1, 2, H, W):
-        raise ValueError(f"flows: expected shape (T-1,2,H,W) = {(T - 1, 2, H, W)} for preds of shape"
-                         f" {(T, H, W)}, got {tuple(f.shape)}")
-    f = f.to(device=p.device, dtype=torch.float32)
+    f = _as_flows(flows, "flows", (T, H, W), "preds", p.device)
     occ = _check_mask(occlusion, "occlusion", [(T - 1, H, W)], p.device)
     roi = _check_mask(valid, "valid", [(H, W), (T - 1, H, W)], p.device)
     masks = [m.expand(T - 1, H, W) for m in (occ, roi) if m is not None]
@@ -269,3 +280,279 @@ def mean_tc(values: Iterable[float]) -> float:
     if values.numel() == 0:
         raise ValueError("values: expected at least one per-sequence TC")
     return nanmean(values)
+
+# %% ../nbs/04_metrics.ipynb #n7c3e02
+def vc_windows(preds, labels, n: int = 8, num_classes: int | None = None, ignore_index: int | None = 255,
+               all_windows: bool = False) -> torch.Tensor:
+    """VSPW's consistency of each window of `n` consecutive frames of one video: float64 `(W,)` in [0,1].
+
+    `preds`, `labels`: int `(T,H,W)` (torch or numpy). The value of window i (frames i..i+n-1) is the number of
+    pixels where both `labels` and `preds` keep one class over the window, divided by the number where `labels`
+    does, counting only pixels not labelled `ignore_index` (None: all, as VSPW's script); NaN when no pixel's label
+    stays. Windows start at 0..T-n-1 (W = T-n, VSPW's script), or 0..T-n with `all_windows` (W = T-n+1); a video
+    too short gives an empty tensor. `num_classes`, if given, checks the ids of both."""
+    p, t = _as_labels(preds, "preds"), _as_labels(labels, "labels")
+    if p.ndim != 3:
+        raise ValueError(f"preds: expected label maps (T,H,W) of one video, got shape {tuple(p.shape)}")
+    if t.shape != p.shape:
+        raise ValueError(f"labels: expected the shape of preds {tuple(p.shape)}, got {tuple(t.shape)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n: expected an integer window length >= 2, got {n!r}")
+    t = t.to(p.device)
+    if num_classes is not None:
+        _check_ids(t, num_classes, "labels", ignore_index)
+        _check_ids(p, num_classes, "preds", ignore_index)
+    windows = max(len(p) - n + (1 if all_windows else 0), 0)
+
+    def constant(x):  # (windows,H,W) bool: x[i] == ... == x[i+n-1], from the running count of changes
+        changes = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
+        torch.cumsum(x[1:] != x[:-1], 0, dtype=torch.int32, out=changes[1:])
+        return changes[n - 1:n - 1 + windows] == changes[:windows]
+
+    steady = constant(t)
+    if ignore_index is not None:
+        steady &= t[:windows] != ignore_index  # a constant label is void in every frame of the window or in none
+    both = steady & constant(p)
+    return (both.flatten(1).sum(1).double() / steady.flatten(1).sum(1).double()).cpu()
+
+# %% ../nbs/04_metrics.ipynb #n7c3e05
+def video_consistency(preds, labels, n: int = 8, num_classes: int | None = None, ignore_index: int | None = 255,
+                      all_windows: bool = False) -> float:
+    """VSPW's video consistency VC_n of one video in percent: the mean of `vc_windows` (arguments as there) over the
+    windows, NaN ones skipped; NaN when there is no window (T <= n, or T < n with `all_windows`)."""
+    return 100 * nanmean(vc_windows(preds, labels, n, num_classes, ignore_index, all_windows))
+
+# %% ../nbs/04_metrics.ipynb #n7c3e10
+def mean_video_consistency(videos: Iterable, n: int = 8, num_classes: int | None = None,
+                           ignore_index: int | None = 255, all_windows: bool = False, pool: str = "windows") -> float:
+    """mVC_n in percent over `videos`, an iterable of `(preds, labels)` pairs (each as in `vc_windows`, one video in
+    memory at a time). `pool="windows"`: the mean over the windows of all videos (VSPW's script; longer videos
+    weigh more); `pool="videos"`: the mean of the videos' VC_n. NaN windows and videos without a window are skipped."""
+    if pool not in ("windows", "videos"):
+        raise ValueError(f"pool: expected 'windows' or 'videos', got {pool!r}")
+    per_video = [vc_windows(p, l, n, num_classes, ignore_index, all_windows) for p, l in videos]
+    if not per_video:
+        raise ValueError("videos: expected at least one (preds, labels) pair")
+    if pool == "windows":
+        return 100 * nanmean(torch.cat(per_video))
+    return nanmean(torch.tensor([100 * nanmean(w) for w in per_video], dtype=torch.float64))
+
+# %% ../nbs/04_metrics.ipynb #n8d4f02
+def warping_error_mask(flow_fw: torch.Tensor, flow_bw: torch.Tensor, alpha1: float = 0.01, alpha2: float = 0.5,
+                       beta1: float = 0.01, beta2: float = 0.002) -> torch.Tensor:
+    """Lai et al.'s non-occlusion mask `M_t` `(B,H,W)` bool (True: compared) from `flow_fw` `(B,2,H,W)` (frame t →
+    t+1) and `flow_bw` `(B,2,H,W)` (t+1 → t): `fb_consistency_mask(flow_fw, flow_bw, alpha1, alpha2)`, without the
+    motion boundaries of `flow_fw`, where |∇u|² + |∇v|² > beta1·|f|² + beta2 (forward differences)."""
+    visible = fb_consistency_mask(flow_fw, flow_bw, alpha1, alpha2)
+    du, dv = torch.zeros_like(flow_fw), torch.zeros_like(flow_fw)
+    du[..., :-1] = flow_fw[..., :-1] - flow_fw[..., 1:]
+    dv[..., :-1, :] = flow_fw[..., :-1, :] - flow_fw[..., 1:, :]
+    boundary = (du.square() + dv.square()).sum(1) > beta1 * flow_fw.square().sum(1) + beta2
+    return visible & ~boundary
+
+# %% ../nbs/04_metrics.ipynb #n8d4f05
+def warping_error(frames_or_preds, flows, occlusion=None, num_classes: int | None = None,
+                  ignore_index: int | None = 255, flows_bw=None, per_pair: bool = False) -> float | dict:
+    """Lai et al.'s warping error E_warp of one video: the mean over pairs (t, t+1) of the squared difference between
+    map t and map t+1 warped into frame t by `flows[t]`, averaged over the compared pixels and the channels.
+
+    `frames_or_preds` (torch or numpy): float `(T,C,H,W)` maps — RGB frames in [0,1] (for the literature's numbers)
+    or class probabilities — warped bilinearly; or int `(T,H,W)` label maps, compared as one-hot maps of
+    `num_classes` channels, warped with nearest sampling, pixels labelled `ignore_index` in either map left out.
+    `flows` `(T-1,2,H,W)`: frame t → t+1. Compared: the pixels whose flow stays inside the frame where
+    `occlusion` `(T-1,H,W)` bool (True = visible) is True, or else where `warping_error_mask(flows, flows_bw)` is,
+    given the backward flows `flows_bw` `(T-1,2,H,W)` (t+1 → t), as Lai et al. A pair with nothing compared counts
+    0, as in their script. Returns E_warp, or with `per_pair=True` `{'E_warp': float, 'per_pair': list of T-1}`."""
+    x = frames_or_preds if isinstance(frames_or_preds, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(frames_or_preds))
+    labels = not (x.is_floating_point() or x.is_complex())
+    if x.ndim != (3 if labels else 4) or x.shape[0] < 2:
+        raise ValueError(f"frames_or_preds: expected float maps (T,C,H,W) or integer label maps (T,H,W) with T >= 2,"
+                         f" got {x.dtype} {tuple(x.shape)}")
+    thw = (x.shape[0], *x.shape[-2:])
+    f = _as_flows(flows, "flows", thw, "frames_or_preds", x.device)
+    if occlusion is not None and flows_bw is not None:
+        raise ValueError("occlusion, flows_bw: expected the visibility mask or the backward flows, not both")
+    visible = _check_mask(occlusion, "occlusion", [(thw[0] - 1, *thw[1:])], x.device)
+    bw = None if flows_bw is None else _as_flows(flows_bw, "flows_bw", thw, "frames_or_preds", x.device)
+    if labels:
+        if num_classes is None:
+            raise ValueError("num_classes: required when frames_or_preds are label maps (T,H,W)")
+        K = channels = num_classes
+        dtype = torch.uint8 if K <= 255 else torch.int16 if K < 2**15 else torch.int32
+        x = _encode(x, K, ignore_index, dtype, "frames_or_preds")        # ignored and out-of-frame pixels: id K
+    else:
+        channels = x.shape[1]
+    errors = []
+    for t in range(len(x) - 1):
+        if labels:
+            nxt = warp_labels(x[t + 1:t + 2], f[t:t + 1], fill=K)[0]
+            keep = (x[t] != K) & (nxt != K)
+        else:
+            nxt, keep = warp(x[t + 1:t + 2], f[t:t + 1])
+            nxt, keep = nxt[0], keep[0]
+        if visible is not None:
+            keep &= visible[t]
+        elif bw is not None:  # pair by pair: the warps' full-frame temporaries stay small
+            keep &= warping_error_mask(f[t:t + 1], bw[t:t + 1])[0]
+        compared = int(keep.sum())
+        if labels:  # one-hot maps differ by 1 in two channels where the class changes
+            sq_sum = 2.0 * int((keep & (x[t] != nxt)).sum())
+        else:
+            sq_sum = float((x[t] - nxt).square_().sum(0)[keep].sum(dtype=torch.float64))
+        errors.append(sq_sum / (channels * compared) if compared else 0.0)
+    e_warp = sum(errors) / len(errors)
+    return dict(E_warp=e_warp, per_pair=errors) if per_pair else e_warp
+
+# %% ../nbs/04_metrics.ipynb #n9e5a02
+def _contour_points(mask: np.ndarray, tolerance: float = 3.0, spacing: float = 3.0) -> np.ndarray | None:
+    """The contour DAVIS's T compares of boolean `mask` `(H,W)`, as points `(N,2)` float64 `(x,y)`; None when the mask
+    is empty: of all contours (outer ones and holes) simplified to polygons within `tolerance` px, the one with the
+    most vertices, each edge (the last vertex links to the first) cut into equal steps of at most `spacing` px."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    poly = max((cv2.approxPolyDP(c, tolerance, True)[:, 0] for c in contours), key=len).astype(np.float64)
+    edge = np.roll(poly, -1, 0) - poly
+    steps = np.maximum(np.ceil(np.hypot(edge[:, 0], edge[:, 1]) / spacing), 1).astype(np.int64)
+    seg = np.repeat(np.arange(len(poly)), steps)
+    frac = (np.arange(len(seg)) - np.repeat(np.cumsum(steps) - steps, steps)) / steps[seg]
+    return poly[seg] + frac[:, None] * edge[seg]
+
+# %% ../nbs/04_metrics.ipynb #n9e5a05
+_EPS = 2.2204e-16  # MATLAB's eps, which DAVIS adds to every denominator
+
+def _shape_context(points: np.ndarray, sectors: int = 12, rings: int = 5, chunk: int = 1 << 15) -> torch.Tensor:
+    """Shape contexts `(N, sectors*rings)` float64 of contour `points` `(N,2)`, each row summing to 1 (DAVIS's
+    `sc_compute`): every point of the contour, itself included, binned by the direction from the point (`sectors`
+    equal sectors) and by its distance over the mean of all N² distances (`rings` rings, log-spaced edges from 1/8
+    to 2; farther points are not counted). Computed in blocks of rows of about `chunk` point pairs."""
+    p = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
+    N, bins = len(p), sectors * rings
+    r = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist")   # exact, as scipy's pdist
+    mean = r.mean().clamp_min(_EPS)
+    edges = torch.from_numpy(np.logspace(np.log10(1 / 8), np.log10(2), rings))
+    h = torch.empty(N, bins, dtype=torch.float64)
+    step = max(1, chunk // N)
+    for s in range(0, N, step):
+        q = p[s:s + step, None]
+        ring = rings - torch.bucketize(r[s:s + step] / mean, edges, right=True)   # #edges above r/mean
+        angle = torch.atan2(p[:, 1] - q[..., 1], p[:, 0] - q[..., 0])              # towards each other point
+        angle = angle.fmod_(2 * math.pi).add_(2 * math.pi).fmod_(2 * math.pi)
+        sector = angle.div_(2 * math.pi / sectors).long().clamp_(max=sectors - 1)
+        idx = (torch.arange(len(q))[:, None] * bins + sector * rings + ring - 1)[ring > 0]
+        h[s:s + step] = torch.bincount(idx, minlength=len(q) * bins).view(len(q), bins)
+    return h / (h.sum(1, keepdim=True) + _EPS)
+
+# %% ../nbs/04_metrics.ipynb #n9e5a08
+def _chi2_costs(h1: torch.Tensor, h2: torch.Tensor, chunk: int = 1 << 18) -> np.ndarray:
+    """χ² costs `(N1,N2)` float64 between the histograms `h1` `(N1,B)` and `h2` `(N2,B)`: 0.5·Σ_b (h1-h2)²/(h1+h2+eps),
+    computed in blocks of rows of about `chunk` elements (cache-sized, memory bounded)."""
+    out = torch.empty(len(h1), len(h2), dtype=torch.float64)
+    rows = max(1, chunk // max(1, h2.numel()))
+    for s in range(0, len(h1), rows):
+        a = h1[s:s + rows, None]
+        out[s:s + rows] = (a - h2).square_().div_((a + h2).add_(_EPS)).sum(-1)
+    return out.mul_(0.5).numpy()
+
+# %% ../nbs/04_metrics.ipynb #n9e5a11
+def _dtw_path(costs: np.ndarray) -> np.ndarray:
+    """Cheapest monotone path `(P,2)` through `costs` `(N1,N2)` by steps (1,0), (0,1), (1,1), listed from the last
+    cell back to `(0,0)`: the shortest path that DAVIS's Dijkstra finds on this grid graph, whose edge into a cell
+    costs the cell (so the path's cost leaves `(0,0)` out). Dynamic programming one vectorised row at a time: with
+    S the running sum of row i and a_j = min(D[i-1,j], D[i-1,j-1]), D[i,j] = S_j + min_{k<=j} (a_k - S_{k-1})."""
+    n1, n2 = costs.shape
+    D = np.empty((n1, n2))
+    D[0, 0] = 0.0
+    D[0, 1:] = np.cumsum(costs[0, 1:])
+    above = np.empty(n2)
+    for i in range(1, n1):
+        above[0] = D[i - 1, 0]
+        np.minimum(D[i - 1, 1:], D[i - 1, :-1], out=above[1:])
+        run = np.cumsum(costs[i])
+        D[i] = run + np.minimum.accumulate(above - np.concatenate(([0.0], run[:-1])))
+    i, j = n1 - 1, n2 - 1
+    path = [(i, j)]
+    while i or j:  # back through the cheapest predecessor; among equals the diagonal, then (i-1, j)
+        if i and j:
+            _, i, j = min((D[i - 1, j - 1], i - 1, j - 1), (D[i - 1, j], i - 1, j), (D[i, j - 1], i, j - 1))
+        elif i:
+            i -= 1
+        else:
+            j -= 1
+        path.append((i, j))
+    return np.array(path)
+
+# %% ../nbs/04_metrics.ipynb #n9e5a14
+def _matching_cost(h1: torch.Tensor, h2: torch.Tensor) -> float:
+    """Mean χ² cost of DAVIS's bijective matching of two closed contours from their shape contexts `h1` `(N1,B)` and
+    `h2` `(N2,B)`: the cheapest path from the first points (`_dtw_path`); the cost matrix rolled to restart after the
+    cheapest pair on that path (the first met from its end, as DAVIS scans), and the path found there mapped back;
+    then each point of contour 1, and then each of contour 2, keeps only its cheapest pair."""
+    costs = _chi2_costs(h1, h2)
+    n1, n2 = costs.shape
+    path = _dtw_path(costs)
+    if len(path) > 1:  # DAVIS leaves (0,0) out of the search
+        mx, my = path[np.argmin(costs[path[:-1, 0], path[:-1, 1]])]
+        start = np.array([mx + 1, my + 1])
+        path = (_dtw_path(np.roll(costs, tuple(-start), (0, 1))) + start) % (n1, n2)
+    for side in (0, 1):
+        cost = costs[path[:, 0], path[:, 1]]
+        order = np.lexsort((cost, path[:, side]))  # by point, then cost (stable): each point's cheapest comes first
+        first = np.r_[True, path[order[1:], side] != path[order[:-1], side]]
+        path = path[order[first]]
+    return float(costs[path[:, 0], path[:, 1]].mean())
+
+# %% ../nbs/04_metrics.ipynb #n9e5a17
+_T_SCALE = 5.0  # DAVIS multiplies T by 5 "to put it in a similar range than other measures"
+
+def temporal_stability_pair(mask_a, mask_b) -> float:
+    """DAVIS 2016's temporal (in)stability T between the masks `(H,W)` (bool, or nonzero = object; torch or numpy) of
+    two consecutive frames: 5 × the mean matching cost of their contours' shape contexts; 0 when the mask has only
+    moved by whole pixels, NaN when either mask is empty."""
+    masks = []
+    for name, m in (("mask_a", mask_a), ("mask_b", mask_b)):
+        m = m.cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+        if m.ndim != 2:
+            raise ValueError(f"{name}: expected a boolean mask (H,W), got shape {m.shape}")
+        masks.append(m != 0)
+    points = [_contour_points(m) for m in masks]
+    if any(p is None for p in points):
+        return math.nan
+    return _T_SCALE * _matching_cost(*map(_shape_context, points))
+
+# %% ../nbs/04_metrics.ipynb #n9e5a20
+def temporal_stability(masks, num_classes: int | None = None, ignore_index: int | None = 255,
+                       per_class: bool = False) -> float | dict:
+    """DAVIS 2016's temporal stability T of one video's segmentation (lower: more stable): the mean of
+    `temporal_stability_pair` over consecutive frames, skipping the pairs where the object is absent from either.
+
+    `masks` (torch or numpy): bool `(T,H,W)`, one object (DAVIS's case); or int `(T,H,W)` label maps, whose every class
+    c is the object `masks == c`: then T is the mean over the classes present in two consecutive frames at least.
+    `ignore_index` is no class; `num_classes`, if given, checks the ids and sets K, else K is the largest id + 1.
+    Returns T, or with `per_class=True` `{'T': float, 'per_class': float64 (K,) (NaN: never in two consecutive
+    frames), 'per_pair': float64 (T-1,K)}`, K = 1 for bool masks."""
+    binary = masks.dtype == torch.bool if isinstance(masks, torch.Tensor) else np.asarray(masks).dtype == bool
+    m = _as_labels(masks, "masks")
+    if m.ndim != 3 or len(m) < 2:
+        raise ValueError(f"masks: expected masks or label maps (T,H,W) of one video with T >= 2, got {tuple(m.shape)}")
+    m = m.cpu()
+    if binary:
+        classes, K = [1], 1
+    else:
+        if num_classes is not None:
+            _check_ids(m, num_classes, "masks", ignore_index)
+        classes = [c for c in torch.unique(m).tolist() if c != ignore_index]
+        K = num_classes if num_classes is not None else max(classes, default=-1) + 1
+    frames = m.numpy()
+    pairs = torch.full((len(frames) - 1, K), math.nan, dtype=torch.float64)
+    for c in classes:
+        contexts = [None if (p := _contour_points(f == c)) is None else _shape_context(p) for f in frames]
+        for t, (a, b) in enumerate(zip(contexts[:-1], contexts[1:])):
+            if a is not None and b is not None:
+                pairs[t, 0 if binary else c] = _T_SCALE * _matching_cost(a, b)
+    seen = ~pairs.isnan().all(0)
+    per_cls = torch.full((K,), math.nan, dtype=torch.float64)
+    per_cls[seen] = pairs[:, seen].nanmean(0)
+    t_value = nanmean(per_cls)
+    return dict(T=t_value, per_class=per_cls, per_pair=pairs) if per_class else t_value
