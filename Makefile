@@ -37,13 +37,16 @@ check-readme: $(STAMP)
 	@$(README_RENDER) | diff -u README.md - > /dev/null && echo "README.md matches nbs/index.ipynb" \
 	|| { echo "README.md is out of step with nbs/index.ipynb: edit the notebook, run make readme, commit both"; exit 1; }
 
+# backend="auto" caches its measured choices; the tests keep theirs apart from the user's (~/.cache/etc_nb)
+TEST_ENV := ETC_NB_CACHE_DIR=$(CURDIR)/data/cache/test_autotune
+
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(TEST_ENV) $(BIN)/python -m pytest -q tests
 
 # Notebook cells are tests too; cells marked `#| slow` are skipped, nbs/runs/ (papermill jobs) is
 # skipped here via its .notest file and executed by tests/test_runs.py with tiny parameters.
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(TEST_ENV) $(BIN)/nbdev_test --n_workers 2 --timing
 
 test: check-export check-readme pytest nbtest
 

@@ -14,7 +14,7 @@ from dataclasses import fields
 from tqdm.auto import tqdm
 
 from .demo import DEMO_SETTINGS
-from .infer import BACKENDS
+from .infer import BACKENDS, EXPORT_FORMATS
 from .io import atomic_write
 from .config import TrainConfig, field_help
 from .flow import FLOW_ESTIMATORS
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for raft_* flows")
     e.add_argument("--json", default=None, help="also write the results to this file")
     e.add_argument("--device", default="cpu", help="where to run the model (cpu, cuda)")
+    e.add_argument("--backend", default="eager", choices=BACKENDS, help="inference path (eager: the reference)")
+    e.add_argument("--calibrate", default=None, help="calibration frames for --backend onnx-int8: a video or a folder of images")
     e.set_defaults(func=_cmd_evaluate)
     d = sub.add_parser("demo", help="baseline vs temporal loss on the synthetic benchmark", **fmt)
     d.add_argument("--out", required=True, help="folder for results.csv, results.md, results.png")
@@ -112,20 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default=None, help="benchmark folder (None: data/synthetic or data/synthetic_quick)")
     d.add_argument("--lam", type=float, default=None, help="temporal loss weight (None: the demo's 1.0)")
     d.set_defaults(func=_cmd_demo)
-    b = sub.add_parser("benchmark", help="params, GFLOPs, eager vs fast fps of the model zoo (Table V style)", **fmt)
+    b = sub.add_parser("benchmark", help="params, GFLOPs, fps of every backend and auto's choice, for the model zoo (Table V style)", **fmt)
     b.add_argument("--out", required=True, help="folder for benchmark.csv and benchmark.md")
     b.add_argument("--models", default="all", help="comma-separated registry names, or 'all'")
     b.add_argument("--size", type=parse_size, default=(512, 1024), metavar="HxW", help="input size in pixels")
     b.add_argument("--device", default="cpu", help="cpu or cuda")
     b.add_argument("--runs", type=int, default=10, help="timed runs per model and path")
     b.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    b.add_argument("--backend", default="auto", choices=BACKENDS, help="the fast path to compare with eager")
+    b.add_argument("--backends", default="all", help="comma-separated backends to time beside eager, or 'all' available here")
     b.set_defaults(func=_cmd_benchmark)
-    x = sub.add_parser("export", help="write a model's deployable graph (ONNX or TorchScript)", **fmt)
+    x = sub.add_parser("export", help="write a model's deployable graph (ONNX fp32 or INT8, TorchScript)", **fmt)
     _model_args(x)
-    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="graph format")
+    x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="graph format")
     x.add_argument("--out", required=True, help="file to write")
-    x.add_argument("--size", type=parse_size, default=(512, 1024), metavar="HxW", help="input size of the exported graph")
+    x.add_argument("--size", type=parse_size, default=(512, 1024), metavar="HxW", help="input size the graph is traced (and INT8 calibrated) at")
+    x.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX: any frame size (--dynamic), the traced one (--no-dynamic); default: dynamic where the architecture allows it")
+    x.add_argument("--calibrate", default=None, help="calibration frames for --format onnx-int8: a video or a folder of images (e.g. the training frames)")
     x.set_defaults(func=_cmd_export)
     g = sub.add_parser("segment", help="segment a video file or frame folder: overlay video, labels, fps, TC", **fmt)
     g.add_argument("input", help="video file (mp4/avi/...) or folder of frames")
@@ -133,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(g)
     g.add_argument("--labels", default=None, help="also write one label PNG per frame into this folder")
     g.add_argument("--backend", default="auto", choices=BACKENDS, help="inference path")
+    g.add_argument("--calibrate", default=None, help="calibration frames for --backend onnx-int8 (default: the input video)")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     _flow_args(g, "dis_fast", none=True)
     g.set_defaults(func=_cmd_segment)
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ignore-index", type=int, default=255, help="label value excluded from TC")
     c.add_argument("--class-names", default=None, help="comma-separated class names, index = class id")
     c.add_argument("--backend", default="auto", choices=BACKENDS, help="inference path (with a model)")
+    c.add_argument("--calibrate", default=None, help="calibration frames for --backend onnx-int8 (default: the video)")
     c.add_argument("--device", default="cpu", help="cpu or cuda")
     c.set_defaults(func=_cmd_tc)
     return p
@@ -207,9 +214,12 @@ def _cmd_evaluate(args):
     "`etc-nb evaluate`: mIoU and TC of a checkpoint, printed (and written with --json)."
     from etc_nb.evaluate import evaluate
     from etc_nb.checkpoint import load_checkpoint
+    from etc_nb.infer import Predictor
     model, ck = load_checkpoint(args.checkpoint)
     cfg = TrainConfig.from_dict(ck["config"])
-    res = evaluate(model.to(args.device), args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
+    net = model.to(args.device) if args.backend == "eager" else \
+        Predictor(model, args.backend, args.device, calibration=args.calibrate)
+    res = evaluate(net, args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
                    num_classes=cfg.num_classes, flows=tuple(_flow(f, args) for f in args.flows.split(",") if f))
     summary = {k: v for k, v in res.items() if k != "per_class_iou"}
     print(json.dumps(summary, indent=1))
@@ -230,22 +240,30 @@ def _cmd_benchmark(args):
     "`etc-nb benchmark`: the model zoo's speed table."
     from etc_nb.benchmark import benchmark
     models = None if args.models == "all" else [m for m in args.models.split(",") if m]
-    benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup,
-              backend=args.backend)
+    backends = None if args.backends == "all" else [b for b in args.backends.split(",") if b]
+    benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup, backends=backends)
     print(open(f"{args.out}/benchmark.md").read())
     print(f"written: {args.out}/benchmark.csv, benchmark.md")
 
 def _cmd_export(args):
     "`etc-nb export`: a deployable graph."
     from etc_nb.infer import export_model
-    path = export_model(_load_model(args), args.out, args.format, args.size)
-    print(f"written: {path} ({args.format}, input 1x3x{args.size[0]}x{args.size[1]})")
+    model = _load_model(args)
+    path = export_model(model, args.out, args.format, args.size, dynamic=args.dynamic, calibration=args.calibrate)
+    if args.format == "torchscript":
+        print(f"written: {path} (torchscript, traced at 1x3x{args.size[0]}x{args.size[1]})")
+    else:
+        from etc_nb.infer import OnnxModule
+        shape = OnnxModule(path).input_shape
+        size = "any frame size" if isinstance(shape[2], str) else \
+            f"input 1x3x{shape[2]}x{shape[3]} only: {type(model).__name__}'s graph has a fixed frame size"
+        print(f"written: {path} ({args.format}, {size})")
 
 def _cmd_segment(args):
     "`etc-nb segment`: overlay video, labels, fps, TC."
     from etc_nb.segment import segment_video
     res = segment_video(args.input, args.out, _load_model(args), labels_dir=args.labels, backend=args.backend,
-                        device=args.device, flow=None if args.flow == "none" else _flow(args.flow, args))
+                        device=args.device, calibration=args.calibrate, flow=None if args.flow == "none" else _flow(args.flow, args))
     tc = f", TC {res['TC']:.2f} % ({args.flow} flow)" if "TC" in res else ""
     print(f"{res['frames']} frames, {res['fps']:.2f} fps inference ({res['fps_total']:.2f} fps with I/O){tc}")
     print(f"written: {args.out}" + (f" and {args.labels}/" if args.labels else ""))
@@ -261,7 +279,7 @@ def _cmd_tc(args):
     names = args.class_names.split(",") if args.class_names else None
     res = video_tc(args.frames, labels=args.labels, model=model, out=args.out, num_classes=args.num_classes,
                    flow=_flow(args.flow, args), cache_dir=args.cache, ignore_index=args.ignore_index, mode=args.mode,
-                   class_names=names, backend=args.backend, device=args.device)
+                   class_names=names, backend=args.backend, device=args.device, calibration=args.calibrate)
     print(tc_report(res))
     print(f"written: {', '.join(res['files'])}")
 

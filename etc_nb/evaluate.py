@@ -21,12 +21,15 @@ __all__ = ['predict', 'sequence_predictions', 'default_flows', 'evaluate']
 @torch.inference_mode()
 def predict(model, frames: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Per-frame predictions `(T,H,W)` int64, on the CPU, for `frames` `(T,3,H,W)`: each frame on its own, on
-    the model's device (a model on a GPU evaluates there), logits upsampled bilinearly to the frame size, then argmax."""
-    model.eval()
-    device = next(model.parameters(), torch.empty(0)).device          # a model without parameters: the CPU
-    preds = [upsample_like(model(chunk.to(device))["logits"], frames.shape[-2:]).argmax(1).cpu()
-             for chunk in frames.split(batch_size)]
-    return torch.cat(preds)
+    the model's device (a model on a GPU evaluates there), logits upsampled bilinearly to the frame size, then argmax.
+    `model`: a network, or an `etc_nb.infer.Predictor` (then its backend runs it: ONNX Runtime, INT8, ...)."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+        device = next(model.parameters(), torch.empty(0)).device      # a model without parameters: the CPU
+        logits = lambda x: model(x.to(device))["logits"]
+    else:
+        logits = model
+    return torch.cat([upsample_like(logits(chunk), frames.shape[-2:]).argmax(1).cpu() for chunk in frames.split(batch_size)])
 
 # %% ../nbs/06_evaluate.ipynb #nseqpred
 def sequence_predictions(model, ds, batch_size: int = 8, progress: bool = True):
@@ -43,7 +46,7 @@ def default_flows(dataset: str) -> tuple[str, ...]:
 # %% ../nbs/06_evaluate.ipynb #nb17ee9
 def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_classes: int | None = None,
              flows=None, batch_size: int = 8, progress: bool = True) -> dict:
-    """Evaluate `model` on every sequence of `dataset` at `root`/`split`.
+    """Evaluate `model` (a network or an `etc_nb.infer.Predictor`) on every sequence of `dataset` at `root`/`split`.
 
     `num_classes`: the model's class count (default: the dataset's); `flows`: flow sources for TC, names
     ('gt', 'dis', 'raft_small', ...) or `FlowEstimator`s such as a RAFT with its weights (default

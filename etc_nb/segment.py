@@ -83,14 +83,14 @@ def _partial_name(path: Path) -> Path:
 
 def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend: str = "auto",
                   device: str = "cpu", alpha: float = 0.5, palette: np.ndarray | None = None,
-                  flow: str | FlowEstimator | None = "dis_fast", progress: bool = True) -> dict:
+                  flow: str | FlowEstimator | None = "dis_fast", progress: bool = True, calibration=None) -> dict:
     """Segment every frame of `source` (video file or frame folder) with `model` on its own and write the
     colour overlay video `out` (mp4 or avi; same size and rate as the input) and, with `labels_dir`, one
     label PNG per frame (`000000.png`, … class ids).
 
     `model`: a registry network (its `num_classes` sizes the TC counts). Returns a dict: `frames`, `fps`
     (inference only: frames / seconds in `Predictor.labels`, from the second frame on, since the first
-    includes the fast path's export), `fps_total` (whole loop, export included), and with `flow` (a `get_flow_estimator` name or a `FlowEstimator`) `TC` (percent, pair mode) and `per_pair_tc`."""
+    includes the fast path's export), `fps_total` (whole loop, export included), and with `flow` (a `get_flow_estimator` name or a `FlowEstimator`) `TC` (percent, pair mode) and `per_pair_tc`. `calibration`: frames for `backend="onnx-int8"` (default: `source` itself)."""
     out = Path(out)
     if out.suffix.lower() not in (".mp4", ".avi"):
         raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
@@ -101,7 +101,7 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
         raise NotADirectoryError(errno.ENOTDIR, "labels_dir: expected a folder for the label PNGs, found a file",
                                  str(labels_dir))
     frames, count, fps = open_frames(source)
-    predictor = Predictor(model, backend, device)
+    predictor = Predictor(model, backend, device, calibration=source if calibration is None else calibration)
     palette = cityscapes_palette() if palette is None else palette
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
     video_tmp, writer, labels_tmp = _partial_name(out), None, None

@@ -120,11 +120,12 @@ def _trim(cm: torch.Tensor) -> torch.Tensor:
 def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None, num_classes: int | None = None,
              flow: str | FlowEstimator = "dis_fast", cache_dir=None, ignore_index: int | None = 255,
              mode: str = "pair", class_names: list[str] | None = None, backend: str = "auto",
-             device: str = "cpu", progress: bool = True) -> dict:
+             device: str = "cpu", progress: bool = True, calibration=None) -> dict:
     """Temporal consistency (percent, paper Eq. 5–6) of the predictions of a video, pair by pair.
 
     `frames`: video file or frame folder. Predictions: `labels`, a folder with one label PNG per frame, or `model`,
-    run on every frame by `Predictor(model, backend, device)`. Flows from frame t to t+1: `flow` (a
+    run on every frame by `Predictor(model, backend, device)` (`calibration`: its INT8 calibration frames,
+    default `frames`). Flows from frame t to t+1: `flow` (a
     `get_flow_estimator` name or a `FlowEstimator`), cached in `tc_flow_cache(frames, cache_dir)`; `cache_dir`
     defaults to `out/flow_cache` (no cache when both are None). `num_classes`: default the number of
     `class_names`, else the model's, else the largest id found + 1. `mode`: as in `temporal_consistency`.
@@ -156,7 +157,7 @@ def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None
         names = [p.name for p in paths]
         label = lambda t: (read_label(paths[t]), str(paths[t]))
     else:
-        predictor = Predictor(model, backend, device)
+        predictor = Predictor(model, backend, device, calibration=frames if calibration is None else calibration)
         names, num_classes = [f"{t:06d}" for t in range(count)], num_classes or getattr(model, "num_classes", None)
         label = lambda t: (predictor.labels(frame(t)).numpy(), f"{frames} frame {t}")
     if count < 2:

@@ -12,8 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['WINOGRAD_MIN_SHARE', 'mosaic', 'unmosaic', 'nnpack_available', 'winograd_conv2d', 'WinogradConv2d', 'is_eligible',
-           'winograd', 'winograd_share']
+__all__ = ['mosaic', 'unmosaic', 'nnpack_available', 'winograd_conv2d', 'WinogradConv2d', 'is_eligible', 'winograd']
 
 # %% ../nbs/17_winograd.ipynb #c006
 def mosaic(x: torch.Tensor, d: int) -> torch.Tensor:
@@ -84,25 +83,3 @@ def winograd(model: nn.Module) -> nn.Module:
             if is_eligible(child):
                 setattr(parent, name, WinogradConv2d(child))
     return model
-
-# %% ../nbs/17_winograd.ipynb #c018
-WINOGRAD_MIN_SHARE = 0.75
-
-def winograd_share(model: nn.Module, size: tuple[int, int] = (128, 256), min_channels: int = 128) -> float:
-    """The fraction of `model`'s convolution multiply-adds, on one `(1,3,*size)` input, in eligible
-    convolutions (`is_eligible`) with at least `min_channels` input and output channels."""
-    macs = {"all": 0, "wide": 0}
-    def count(conv, inputs, output):
-        n = output.numel() * conv.weight[0].numel()
-        macs["all"] += n
-        macs["wide"] += n * (is_eligible(conv) and min(conv.in_channels, conv.out_channels) >= min_channels)
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    training = model.training
-    try:
-        with torch.inference_mode():
-            model.eval()(torch.zeros(1, 3, *size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(training)
-    return macs["wide"] / max(macs["all"], 1)

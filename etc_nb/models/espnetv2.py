@@ -15,7 +15,7 @@ from .resnet import init_weights, load_pretrained
 
 # %% auto #0
 __all__ = ['ESPNETV2_WIDTHS', 'ConvBNAct', 'BNAct', 'eesp_dilations', 'EESP', 'StridedEESP', 'EESPNet', 'adaptive_avg_pool2d',
-           'channel_shuffle', 'EfficientPyramidPool', 'GatedProjection', 'ESPNetv2', 'espnetv2']
+           'AdaptiveAvgPool', 'channel_shuffle', 'EfficientPyramidPool', 'GatedProjection', 'ESPNetv2', 'espnetv2']
 
 # %% ../../nbs/models/06_espnetv2.ipynb #c006
 class ConvBNAct(nn.Module):
@@ -162,6 +162,15 @@ def adaptive_avg_pool2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """`F.adaptive_avg_pool2d(x, size)` for `x` `(B,C,H,W)` → `(B,C,*size)`, written with ops that export to ONNX
     for any sizes (larger outputs too)."""
     return _adaptive_mean(_adaptive_mean(x, 2, size[0]), 3, size[1])
+
+class AdaptiveAvgPool(nn.Module):
+    "`nn.AdaptiveAvgPool2d(output_size)` computed by `adaptive_avg_pool2d`, so that it exports to ONNX at any input size."
+    def __init__(self, output_size: int | tuple[int, int]):
+        super().__init__()
+        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return adaptive_avg_pool2d(x, self.output_size)
 
 # %% ../../nbs/models/06_espnetv2.ipynb #c025
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

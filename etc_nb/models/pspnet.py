@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .espnetv2 import AdaptiveAvgPool
 from .mobilenetv2 import TORCHVISION_UNUSED, mobilenet_v2
 from .resnet import init_weights, load_pretrained, resnet18, resnet50, resnet101
 
@@ -19,13 +20,13 @@ __all__ = ['PyramidPooling', 'PSPNet', 'pspnet18', 'pspnet50', 'pspnet101', 'psp
 class PyramidPooling(nn.Module):
     """PSPNet's pyramid pooling module: `(B,C,h,w)` → `(B,2C,h,w)` (for 4 `bins`).
 
-    Each branch: adaptive average pool to `b×b` → 1×1 conv to `C/len(bins)` → BN → ReLU → bilinear
+    Each branch: adaptive average pool to `b×b` (`AdaptiveAvgPool`, which exports to ONNX at any size) → 1×1 conv to `C/len(bins)` → BN → ReLU → bilinear
     upsample to `h×w`; the branches are concatenated after the input."""
     def __init__(self, in_channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)):
         super().__init__()
         width = in_channels // len(bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_channels, width, 1, bias=False),
+            nn.Sequential(AdaptiveAvgPool(b), nn.Conv2d(in_channels, width, 1, bias=False),
                           nn.BatchNorm2d(width), nn.ReLU(inplace=True)) for b in bins)
         self.out_channels = in_channels + width * len(bins)
 
