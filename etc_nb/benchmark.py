@@ -20,7 +20,7 @@ from .io import atomic_write
 from .models import count_params, create_model, list_models
 
 # %% auto #0
-__all__ = ['PAPER_TABLE_V', 'gflops', 'benchmark_model', 'benchmark']
+__all__ = ['PAPER_TABLE_V', 'gflops', 'benchmark_model', 'benchmark', 'backend_accuracy']
 
 # %% ../nbs/12_benchmark.ipynb #c006
 PAPER_TABLE_V = {   # name: (#Params column in M as printed, fps on a GTX 1080Ti)
@@ -112,4 +112,49 @@ def benchmark(models=None, size: tuple[int, int] = (512, 1024), device: str = "c
                 f"torch {machine['torch']}, onnxruntime {machine['onnxruntime']}.\n\n")
         atomic_write(out / "benchmark.csv", df.to_csv(index=False))
         atomic_write(out / "benchmark.md", head + _markdown(df, size, device))
+    return df
+
+# %% ../nbs/12_benchmark.ipynb #nacc02
+def backend_accuracy(checkpoints, backends=("onnxruntime", "bf16", "onnx-int8"), split: str = "val", root=None,
+                     calibration=None, flows=None, out=None, progress: bool = True) -> pd.DataFrame:
+    """Evaluate each `train` checkpoint of `checkpoints` (paths) on its dataset's `split` (at `root`, default
+    the one it was trained on) with eager fp32 and with each of `backends`: one row per checkpoint and backend
+    (eager first) with `model`, `backend`, `mIoU`, `TC_<flow>`, their change `d_mIoU`, `d_TC_<flow>` against
+    eager, and `agree` (pixel fraction with eager's class). `calibration`: frames for INT8 (default: the first
+    frame of 16 snippets of the training split). With `out`, writes `backend_accuracy.csv` and `.md`."""
+    from etc_nb.checkpoint import load_checkpoint
+    from etc_nb.config import TrainConfig
+    from etc_nb.data import get_dataset
+    from etc_nb.evaluate import evaluate, sequence_predictions
+    rows = []
+    for path in tqdm(list(checkpoints), desc="checkpoints", disable=not progress):
+        model, ck = load_checkpoint(path)
+        cfg = TrainConfig.from_dict(ck["config"])
+        data_root = Path(root or cfg.root)
+        ds = get_dataset(cfg.dataset, data_root, split, mode="sequence")
+        ref = [p for _, p in sequence_predictions(model, ds, progress=False)]
+        cal = calibration
+        if cal is None and "onnx-int8" in backends:       # the first frame of 16 training snippets, spread over the split
+            train_ds = get_dataset(cfg.dataset, data_root, cfg.split, mode="sequence")
+            cal = torch.stack([train_ds[int(i)]["frames"][0] for i in np.unique(np.linspace(0, len(train_ds) - 1, 16).round())])
+        for backend in ("eager", *backends):
+            net = model if backend == "eager" else Predictor(model, backend, cache=False, progress=False, calibration=cal)
+            res = evaluate(net, data_root, split, dataset=cfg.dataset, num_classes=cfg.num_classes, flows=flows,
+                           progress=False)
+            preds = [p for _, p in sequence_predictions(net, ds, progress=False)]
+            agree = sum((p == r).sum().item() for p, r in zip(preds, ref)) / sum(r.numel() for r in ref)
+            rows.append({"checkpoint": str(path), "model": cfg.model, "backend": backend, "agree": agree,
+                         **{k: v for k, v in res.items() if k == "mIoU" or k.startswith("TC_")}})
+    df = pd.DataFrame(rows)
+    for col in [c for c in df.columns if c == "mIoU" or c.startswith("TC_")]:
+        df[f"d_{col}"] = df[col] - df.groupby("checkpoint")[col].transform("first")    # eager is each group's first row
+    if out is not None:
+        out = Path(out)
+        atomic_write(out / "backend_accuracy.csv", df.to_csv(index=False))
+        cols = ["model", "backend", "agree", *[c for c in df.columns if c.startswith(("mIoU", "TC_", "d_"))]]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.4f}" if c == "agree" else f"{r[c]:+.2f}"
+                                    if c.startswith("d_") else f"{r[c]:.2f}" for c in cols) + " |" for _, r in df.iterrows()]
+        atomic_write(out / "backend_accuracy.md", f"Split {split!r}; mIoU and TC in percent, d_: change against eager fp32; "
+                     "agree: fraction of pixels with eager's class.\n\n" + "\n".join(lines) + "\n")
     return df

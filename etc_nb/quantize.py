@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .data.augment import to_tensor
 from .data.video import IMAGE_EXTS, natural_key
@@ -29,8 +30,14 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def calibration_frames(source, size: tuple[int, int], n: int = 16) -> torch.Tensor:
     """`n` frames evenly spaced over `source`, resized to `size` `(H,W)` and normalised like training:
-    `(n,3,H,W)` float32. `source`: a video file, a folder of images (searched recursively), or uint8 RGB
-    frames `(N,H,W,3)`. Fewer frames than `n` in the source: all of them."""
+    `(n,3,H,W)` float32. `source`: a video file, a folder of images (searched recursively), uint8 RGB
+    frames `(N,H,W,3)`, or frames already normalised, float `(N,3,H,W)` (a dataset's). Fewer frames than `n`
+    in the source: all of them."""
+    if isinstance(source, torch.Tensor) and source.is_floating_point():
+        if source.dim() != 4 or source.shape[1] != 3:
+            raise ValueError(f"source: expected normalised frames (N,3,H,W), got {tuple(source.shape)}")
+        x = source[np.unique(np.linspace(0, len(source) - 1, n).round().astype(int))].float()
+        return x if tuple(x.shape[2:]) == tuple(size) else F.interpolate(x, size, mode="bilinear", antialias=True)
     if isinstance(source, (np.ndarray, torch.Tensor)):
         frames = np.asarray(source)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
