@@ -15,9 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .autotune import choose_backend, machine_fingerprint, time_backends
-from .infer import AUTO_EXCLUDED, BACKENDS, Predictor, available_backends
+from .infer import AUTO_EXCLUDED, BACKENDS, Predictor, available_backends, load_model
 from .io import atomic_write
 from .models import count_params, create_model, list_models
+from .quantize import calibration_frames
 
 # %% auto #0
 __all__ = ['PAPER_TABLE_V', 'gflops', 'benchmark_model', 'benchmark', 'backend_accuracy']
@@ -42,24 +43,32 @@ def _latency_stats(times: list[float], prefix: str) -> dict:
     return {f"p50_{prefix}_ms": p50, f"p95_{prefix}_ms": p95, f"p99_{prefix}_ms": p99, f"fps_{prefix}": 1000 / p50}
 
 def benchmark_model(name: str, size: tuple[int, int] = (512, 1024), device: str = "cpu", runs: int = 10,
-                    warmup: int = 2, num_classes: int = 19, backends=None, seed: int = 0) -> dict:
-    """Benchmark the registry model `name` on one `(1,3,*size)` frame on `device` with each of `backends`
-    (None: `available_backends(device)`): a dict with `model`, `params_M`, `gflops`, per backend `b` its
-    latency percentiles `p50_b_ms`… , `fps_b`, `agree_b` (or `error_b`), and `auto`, `fps_auto`,
-    `speedup_auto`, `agree_auto` (and `speedup_int8` when INT8 ran)."""
+                    warmup: int = 2, num_classes: int = 19, backends=None, seed: int = 0, checkpoint=None,
+                    frames=None) -> dict:
+    """Benchmark the registry model `name` (random weights, or the `train` `checkpoint` of it) on one
+    `(1,3,*size)` frame on `device` with each of `backends` (None: `available_backends(device)`): a dict with
+    `model`, `weights`, `params_M`, `gflops`, per backend `b` its latency percentiles `p50_b_ms`… , `fps_b`,
+    `agree_b` (or `error_b`), and `auto`, `fps_auto`, `speedup_auto`, `agree_auto` (and `speedup_int8` when
+    INT8 ran). The frame: random noise, or with `frames` (a video or a folder of images) the first of them,
+    resized; INT8 is calibrated on 4 random frames or on 4 of `frames`."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=num_classes).eval()
-    row = {"model": name, "params_M": count_params(model) / 1e6, "gflops": gflops(model, size)}
+    model = (load_model(checkpoint, name) if checkpoint else create_model(name, num_classes=num_classes)).eval()
+    row = {"model": name, "weights": str(checkpoint) if checkpoint else "random",
+           "params_M": count_params(model) / 1e6, "gflops": gflops(model, size)}
     backends = available_backends(device) if backends is None else list(backends)
     measurable = [b for b in BACKENDS if b != "auto"]          # auto is what these measurements decide
     unknown = sorted(set(backends) - set(measurable))
     if unknown:
         raise ValueError(f"backends: unknown {', '.join(unknown)}; expected some of {', '.join(measurable)}")
     backends = ["eager"] + [b for b in backends if b != "eager"]      # the reference of every agreement
-    frames = np.random.default_rng(seed).integers(0, 256, (4, *size, 3), dtype=np.uint8)
+    if frames is None:
+        frames = np.random.default_rng(seed).integers(0, 256, (4, *size, 3), dtype=np.uint8)
+        x = torch.randn(1, 3, *size)
+    else:
+        x = calibration_frames(frames, size, n=1)
     runners = {b: Predictor(model, b, device, calibration=frames if b == "onnx-int8" else None, cache=False)
                for b in backends}
-    timings = time_backends(runners, torch.randn(1, 3, *size), runs=runs, warmup=warmup)
+    timings = time_backends(runners, x, runs=runs, warmup=warmup)
     for b, t in timings.items():
         if "error" in t:
             row[f"error_{b}"] = t["error"]
@@ -78,7 +87,7 @@ _PAPER_COLUMNS = ["paper_params_M", "paper_fps_1080ti"]
 
 def _markdown(df: pd.DataFrame, size, device: str) -> str:
     backends = [c[4:] for c in df.columns if c.startswith("fps_") and c != "fps_auto"]
-    cols = ["model", "params_M", "gflops", *(f"fps_{b}" for b in backends), "auto", "speedup_auto", "agree_auto",
+    cols = ["model", "weights", "params_M", "gflops", *(f"fps_{b}" for b in backends), "auto", "speedup_auto", "agree_auto",
             *(["speedup_int8", "agree_onnx-int8"] if "fps_onnx-int8" in df else []), *_PAPER_COLUMNS]
     fmt = {c: "{:.2f}" for c in cols} | {"agree_auto": "{:.4f}", "agree_onnx-int8": "{:.4f}", "gflops": "{:.1f}",
                                           "paper_params_M": "{:g}", "paper_fps_1080ti": "{:g}"}
@@ -86,14 +95,16 @@ def _markdown(df: pd.DataFrame, size, device: str) -> str:
              "`Predictor(backend='auto')` picks from these runs; agree: argmax agreement with eager fp32.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        cells = [r[c] if isinstance(r[c], str) else ("–" if pd.isna(r[c]) else fmt[c].format(r[c])) for c in cols]
+        cells = ["random" if c == "weights" and r[c] == "random" else "trained" if c == "weights" else r[c] if isinstance(r[c], str)
+                 else ("–" if pd.isna(r[c]) else fmt[c].format(r[c])) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 def benchmark(models=None, size: tuple[int, int] = (512, 1024), device: str = "cpu", out=None, runs: int = 10,
-              warmup: int = 2, progress: bool = True, **kw) -> pd.DataFrame:
+              warmup: int = 2, progress: bool = True, checkpoints: dict | None = None, **kw) -> pd.DataFrame:
     """`benchmark_model` for each of `models` (None: every registered model) → one row each, with the paper's
-    Table V figures beside them and the machine (`machine_fingerprint`) in every row. With `out`, writes
+    Table V figures beside them and the machine (`machine_fingerprint`) in every row. `checkpoints`: model name →
+    `train` checkpoint, for models to time with trained weights (their agreement then means something). With `out`, writes
     `out/benchmark.csv` and `out/benchmark.md` (whose first line names the CPU and its instruction sets)."""
     models = list_models() if models is None else list(models)
     unknown = sorted(set(models) - set(list_models()))
@@ -102,7 +113,7 @@ def benchmark(models=None, size: tuple[int, int] = (512, 1024), device: str = "c
     machine = machine_fingerprint(device)
     rows = []
     for name in tqdm(models, desc="benchmark", disable=not progress):
-        row = benchmark_model(name, size, device, runs, warmup, **kw)
+        row = benchmark_model(name, size, device, runs, warmup, checkpoint=(checkpoints or {}).get(name), **kw)
         row.update(zip(_PAPER_COLUMNS, PAPER_TABLE_V.get(name, (np.nan, np.nan))))
         rows.append(row | {"machine": json.dumps(machine, sort_keys=True)})
     df = pd.DataFrame(rows)

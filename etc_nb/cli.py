@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=10, help="timed runs per model and path")
     b.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     b.add_argument("--backends", default="all", help="comma-separated backends to time beside eager, or 'all' available here")
+    b.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="time model NAME with the trained weights of a `train` checkpoint (repeatable; others: random weights)")
+    b.add_argument("--frames", default=None, help="a video or folder of images: time on its first frame and calibrate INT8 on it (default: random)")
     b.set_defaults(func=_cmd_benchmark)
     x = sub.add_parser("export", help="write a model's deployable graph (ONNX fp32 or INT8, TorchScript)", **fmt)
     _model_args(x)
@@ -241,7 +244,11 @@ def _cmd_benchmark(args):
     from etc_nb.benchmark import benchmark
     models = None if args.models == "all" else [m for m in args.models.split(",") if m]
     backends = None if args.backends == "all" else [b for b in args.backends.split(",") if b]
-    benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup, backends=backends)
+    pairs = [c.partition("=") for c in args.checkpoint]
+    if any(not name or not path for name, _, path in pairs):
+        raise ValueError(f"--checkpoint {args.checkpoint}: expected NAME=PATH, e.g. pspnet18=runs/a/last.pt")
+    benchmark(models, args.size, args.device, args.out, runs=args.runs, warmup=args.warmup, backends=backends,
+              checkpoints={name: path for name, _, path in pairs}, frames=args.frames)
     print(open(f"{args.out}/benchmark.md").read())
     print(f"written: {args.out}/benchmark.csv, benchmark.md")
 
