@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .autotune import BackendCache, choose_backend, time_backends
+from .autotune import AUTO_MIN_AGREEMENT, BackendCache, choose_backend, time_backends
 from .data.augment import to_tensor
 from .io import atomic_write
 from .losses import upsample_like
@@ -226,12 +226,12 @@ class Predictor:
     like training), returns `logits` `(B,K,h,w)` float32 on the CPU.
 
     `auto`: per frame shape, the fastest available backend (`onnx-int8` aside) whose argmax agrees with eager
-    fp32, measured on the first frame of that shape and cached in `cache` (a `BackendCache`, a path, None: the
-    default file, False: not kept). `calibration`: frames for `onnx-int8` (a video, a folder of images or uint8
+    fp32 on at least `min_agreement` of the pixels, measured on the first frame of that shape and cached in
+    `cache` (a `BackendCache`, a path, None: the default file, False: not kept). `calibration`: frames for `onnx-int8` (a video, a folder of images or uint8
     frames, see `etc_nb.quantize.calibration_frames`). `threads`: ONNX Runtime's CPU threads (None: torch's
     setting, which the PyTorch backends use: `torch.set_num_threads`). `model` may be an `OnnxModule`."""
     def __init__(self, model: nn.Module, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-                 calibration=None, cache=None, progress: bool = True):
+                 calibration=None, cache=None, progress: bool = True, min_agreement: float = AUTO_MIN_AGREEMENT):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         device = torch.device(device)
@@ -250,6 +250,7 @@ class Predictor:
             raise ValueError("calibration: backend 'onnx-int8' needs calibration frames (a video or a folder of images)")
         self.backend, self.device, self.threads = backend, device, threads or torch.get_num_threads()
         self.model, self.calibration, self.progress = model.eval().to(device), calibration, progress
+        self.min_agreement = min_agreement
         self.cache = cache if isinstance(cache, BackendCache) or cache is False else BackendCache(cache)
         self.chosen, self.timings, self._runners = {}, {}, {}
 
@@ -302,17 +303,17 @@ class Predictor:
         candidates = [b for b in available_backends(self.device) if b not in AUTO_EXCLUDED]
         key = self.cache.key(self.model, shape, images.dtype, str(self.device), self.threads) if self.cache else None
         entry = self.cache.get(key) if self.cache else None
-        if entry and entry.get("backend") in candidates:
+        if entry and entry.get("backend") in candidates and entry.get("min_agreement") == self.min_agreement:
             self.timings[shape] = entry.get("timings", {})
             return entry["backend"]
         timings = time_backends({b: self._runner(b) for b in candidates}, images, progress=self.progress)
-        choice = choose_backend(timings)
+        choice = choose_backend(timings, self.min_agreement)
         keep = {choice, *self.chosen.values()}
         self._runners = {b: r for b, r in self._runners.items() if b in keep}   # frees the losers' copies and sessions
         self.timings[shape] = {b: {k: v for k, v in t.items() if k != "times"} for b, t in timings.items()}
         if self.cache:
             self.cache.put(key, {"backend": choice, "model": type(self.model).__name__, "shape": list(shape),
-                                 "timings": self.timings[shape]})
+                                 "min_agreement": self.min_agreement, "timings": self.timings[shape]})
         return choice
 
     def backend_for(self, images: torch.Tensor) -> str:

@@ -5,6 +5,7 @@
 # %% ../nbs/11b_quantize.ipynb #c003
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -82,7 +83,14 @@ def quantize_onnx(model: bytes, frames: torch.Tensor, per_channel: bool = True, 
         src.write_bytes(model)
         # shape inference and graph clean-up first, as ONNX Runtime recommends before quantising
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), Frames(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        reduce_range=not has_vnni() if reduce_range is None else reduce_range,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        # its per-tensor notes ("Axis 1 is out-of-range for weight ...bn.weight": a BatchNorm not folded into a
+        # convolution keeps a per-tensor scale) go to the root logger; they are not the user's concern
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(str(pre), str(out), Frames(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            reduce_range=not has_vnni() if reduce_range is None else reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         return out.read_bytes()
