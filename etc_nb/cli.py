@@ -10,10 +10,12 @@ import json
 import sys
 import warnings
 from dataclasses import fields
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .demo import DEMO_SETTINGS
+from .evaluate import DEFAULT_METRICS, METRICS
 from .infer import BACKENDS, EXPORT_FORMATS
 from .io import atomic_write
 from .config import TrainConfig, field_help
@@ -94,14 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NHWC memory format (None: on CUDA)")
     _train_args(t)
     t.set_defaults(func=_cmd_train)
-    e = sub.add_parser("evaluate", help="mIoU and TC of a checkpoint", **fmt)
-    e.add_argument("--checkpoint", required=True, help="checkpoint written by `etc-nb train`")
+    e = sub.add_parser("evaluate", help="accuracy and consistency of checkpoints: one Markdown table, a row each", **fmt)
+    e.add_argument("--checkpoint", required=True, action="append",
+                   help="checkpoint written by `etc-nb train`; repeat it for one table row per checkpoint")
+    e.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help=f"comma-separated metrics, among {', '.join(METRICS)} (Tsb is slow: ~4 s per frame pair at 1024x2048)")
     e.add_argument("--root", default=None, help="dataset root (None: the one it was trained on)")
     e.add_argument("--dataset", default=None, help="dataset name (None: the one it was trained on)")
     e.add_argument("--split", default="val", help="split evaluated")
     e.add_argument("--flows", default="gt,dis", help="comma-separated flow sources for TC (gt, dis, dis_fast, raft_small, ...)")
     e.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for raft_* flows")
-    e.add_argument("--json", default=None, help="also write the results to this file")
+    e.add_argument("--json", default=None,
+                   help="also write the full results to this file (several checkpoints: an object keyed by row name)")
     e.add_argument("--device", default="cpu", help="where to run the model (cpu, cuda)")
     e.add_argument("--backend", default="eager", choices=BACKENDS, help="inference path (eager: the reference)")
     e.add_argument("--calibrate", default=None, help="calibration frames for --backend onnx-int8: a video or a folder of images")
@@ -213,22 +219,41 @@ def _cmd_train(args):
                  compile=args.compile, channels_last=args.channels_last)
     print(f"checkpoint: {ckpt}")
 
+def _row_names(paths: list[str]) -> list[str]:
+    """One table row name per checkpoint path: its folder's name (runs/tl/last.pt → tl), or its stem where it has no
+    folder; the paths as given where names would repeat. A path given twice is a ValueError."""
+    if len(set(paths)) < len(paths):
+        raise ValueError(f"--checkpoint: {next(p for p in paths if paths.count(p) > 1)} given twice")
+    names = [Path(p).parent.name or Path(p).stem for p in paths]
+    return names if len(set(names)) == len(names) else list(paths)
+
+def _json_ready(res: dict) -> dict:
+    "`evaluate`'s result as `--json` writes it: the per-class IoU as a list, last."
+    out = {k: v for k, v in res.items() if k != "per_class_iou"}
+    if "per_class_iou" in res:
+        out["per_class_iou"] = [float(v) for v in res["per_class_iou"]]
+    return out
+
 def _cmd_evaluate(args):
-    "`etc-nb evaluate`: mIoU and TC of a checkpoint, printed (and written with --json)."
-    from etc_nb.evaluate import evaluate
+    "`etc-nb evaluate`: the metrics of each checkpoint, printed as one Markdown table (and written with --json)."
+    from etc_nb.evaluate import evaluate, evaluation_markdown, select_metrics
     from etc_nb.checkpoint import load_checkpoint
     from etc_nb.infer import Predictor
-    model, ck = load_checkpoint(args.checkpoint)
-    cfg = TrainConfig.from_dict(ck["config"])
-    net = model.to(args.device) if args.backend == "eager" else \
-        Predictor(model, args.backend, args.device, calibration=args.calibrate)
-    res = evaluate(net, args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
-                   num_classes=cfg.num_classes, flows=tuple(_flow(f, args) for f in args.flows.split(",") if f))
-    summary = {k: v for k, v in res.items() if k != "per_class_iou"}
-    print(json.dumps(summary, indent=1))
+    metrics = select_metrics(m for m in args.metrics.split(",") if m)     # before any checkpoint is loaded
+    names = _row_names(args.checkpoint)
+    flows = tuple(_flow(f, args) for f in args.flows.split(",") if f)
+    results = {}
+    for name, path in zip(names, args.checkpoint):
+        model, ck = load_checkpoint(path)
+        cfg = TrainConfig.from_dict(ck["config"])
+        net = model.to(args.device) if args.backend == "eager" else \
+            Predictor(model, args.backend, args.device, calibration=args.calibrate)
+        results[name] = evaluate(net, args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
+                                 num_classes=cfg.num_classes, flows=flows, metrics=metrics)
+    print(evaluation_markdown(results))
     if args.json:
-        atomic_write(args.json, json.dumps({**summary, "per_class_iou": [float(v) for v in res["per_class_iou"]]},
-                                           indent=1))
+        out = {name: _json_ready(res) for name, res in results.items()}
+        atomic_write(args.json, json.dumps(out[names[0]] if len(names) == 1 else out, indent=1))
 
 def _cmd_demo(args):
     "`etc-nb demo`: baseline vs TL."
