@@ -17,8 +17,6 @@ class). The CPU is often shared: the header gives the CPU model, the threads and
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import cv2
 import numpy as np
@@ -26,6 +24,7 @@ import torch
 
 from etc_nb.data.synthetic import render_snippet
 from etc_nb.io import atomic_write
+from timing import median_time
 from etc_nb.metrics import (_contour_points, temporal_consistency, temporal_stability, video_consistency,
                             warping_error, warping_error_mask)
 
@@ -52,17 +51,6 @@ def flickering(labels: np.ndarray, num_classes: int, share: float = 0.1, seed: i
         hit = noise > np.quantile(noise, 1 - share)
         out[t][hit] = (labels[t][hit] + rng.integers(1, num_classes)) % num_classes
     return out
-
-
-def median_time(fn, runs: int) -> float:
-    "Median wall time in seconds of `runs` calls of `fn()` after one warm-up call."
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None):

@@ -11,8 +11,6 @@ The CPU is often shared: the load average is printed with the table; numbers und
 """
 import argparse
 import os
-import statistics
-import time
 
 import cv2
 import numpy as np
@@ -20,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from etc_nb.metrics import pair_confusions, temporal_consistency
+from timing import median_time
 
 
 def released_style(preds: torch.Tensor, flows: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -50,13 +49,7 @@ def inputs(frames: int, size: tuple[int, int], num_classes: int, seed: int = 0):
 
 def rate(fn, pairs: int, runs: int) -> float:
     "Pairs per second of `fn()`: median over `runs` timed runs after one warm-up run."
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return pairs / statistics.median(times)
+    return pairs / median_time(fn, runs)
 
 
 def main(argv=None):

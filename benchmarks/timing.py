@@ -1,0 +1,14 @@
+"""The timing helper the benchmark scripts share (run as `python benchmarks/NAME.py`, so this folder is on sys.path)."""
+import statistics
+import time
+
+
+def median_time(fn, runs: int) -> float:
+    "Median wall time in seconds of `runs` calls of `fn()` after one warm-up call."
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
