@@ -16,28 +16,16 @@ class). The CPU is often shared: the header gives the CPU model, the threads and
 """
 import argparse
 import os
-import platform
 
 import cv2
 import numpy as np
 import torch
 
+from etc_nb.autotune import cpu_info
 from etc_nb.data.synthetic import render_snippet
-from etc_nb.io import atomic_write
-from timing import median_time
 from etc_nb.metrics import (_contour_points, temporal_consistency, temporal_stability, video_consistency,
                             warping_error, warping_error_mask)
-
-
-def cpu_model() -> str:
-    "The CPU model name from /proc/cpuinfo (the platform's processor string elsewhere)."
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from common import emit, median_time
 
 
 def flickering(labels: np.ndarray, num_classes: int, share: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -101,7 +89,7 @@ def main(argv=None):
     present = len({c for c in range(K) if (frames == c).any()})
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     lines = [
-        f"Consistency metrics on one {T}-frame {H}x{W} video, {K} classes ({present} present); {cpu_model()},"
+        f"Consistency metrics on one {T}-frame {H}x{W} video, {K} classes ({present} present); {cpu_info()[0]},"
         f" {os.cpu_count()} cores shared with other work, {torch.get_num_threads()} torch thread(s) (torch"
         f" {torch.__version__}, OpenCV {cv2.__version__}); load average {load}; median of {a.runs} runs after a"
         " warm-up.",
@@ -114,9 +102,7 @@ def main(argv=None):
         " at most: its cost grows with the square of the contour length, not with the pixels.",
     ]
     table = "\n".join(lines) + "\n"
-    print(table, end="")
-    if a.out:
-        atomic_write(a.out, table)
+    emit(table, a.out)
 
 
 if __name__ == "__main__":

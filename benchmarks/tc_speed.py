@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from etc_nb.metrics import pair_confusions, temporal_consistency
-from timing import median_time
+from common import median_time
 
 
 def released_style(preds: torch.Tensor, flows: torch.Tensor, num_classes: int) -> np.ndarray:
