@@ -49,3 +49,17 @@ def test_carphone_real_video_notebook(tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert set(df.scheme) == {"baseline", "tl+rs"} and df[["mIoU", "TC_dis"]].apply(lambda c: c.between(0, 100)).all().all()
     assert (out / "side_by_side.mp4").stat().st_size > 0 and (out / "flicker.png").exists()
+
+
+def test_int8_notebook_with_papermill(tmp_path):
+    "The backend-accuracy job: trains (tiny) checkpoints and evaluates every backend against eager fp32."
+    from etc_nb.data.synthetic import generate_benchmark
+    root = generate_benchmark(tmp_path / "bench", n_train=4, n_val=1, frames=3, size=(32, 64))
+    out = tmp_path / "int8"
+    pm.execute_notebook(str(NBS / "runs" / "int8.ipynb"), str(tmp_path / "int8_out.ipynb"),
+                        parameters=dict(out=str(out), root=str(root), models=["pspnet_mbv2"], steps=2,
+                                        backends=["onnxruntime", "onnx-int8"]), progress_bar=False)
+    df = pd.read_csv(out / "backend_accuracy.csv")
+    assert list(df.backend) == ["eager", "onnxruntime", "onnx-int8"] and set(df.model) == {"pspnet_mbv2"}
+    assert df.loc[0, "agree"] == 1.0 and df.loc[1, "agree"] > 0.999
+    assert (out / "backend_accuracy.md").read_text().count("pspnet_mbv2") == 3
