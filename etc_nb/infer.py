@@ -227,8 +227,8 @@ class Predictor:
 
     `auto`: per frame shape, the fastest available backend (`onnx-int8` aside) whose argmax agrees with eager
     fp32 on at least `min_agreement` of the pixels, measured on the first frame of that shape and cached in
-    `cache` (a `BackendCache`, a path, None: the default file, False: not kept). `calibration`: frames for `onnx-int8` (a video, a folder of images or uint8
-    frames, see `etc_nb.quantize.calibration_frames`). `threads`: ONNX Runtime's CPU threads (None: torch's
+    `cache` (a `BackendCache`, a path, None: the default file, False: not kept). `calibration`: frames for
+    `onnx-int8` (a video, a folder of images or uint8 frames, see `etc_nb.quantize.calibration_frames`). `threads`: ONNX Runtime's CPU threads (None: torch's
     setting, which the PyTorch backends use: `torch.set_num_threads`). `model` may be an `OnnxModule`."""
     def __init__(self, model: nn.Module, backend: str = "auto", device: str = "cpu", threads: int | None = None,
                  calibration=None, cache=None, progress: bool = True, min_agreement: float = AUTO_MIN_AGREEMENT):
