@@ -31,18 +31,16 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
 
 def cpu_info() -> tuple[str, set[str]]:
     "The CPU's model name and feature flags as the OS reports them (`/proc/cpuinfo`; the platform's name and no flags elsewhere)."
-    name, flags = platform.processor() or platform.machine(), set()
+    fields = {}                      # the first value of each field: every core repeats them
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and name == (platform.processor() or platform.machine()):
-                    name = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
-                    flags = set(value.split())
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return name, flags
+    flags = fields.get("flags") or fields.get("Features", "")     # x86 / ARM
+    return fields.get("model name") or platform.processor() or platform.machine(), set(flags.split())
 
 def machine_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
     """What decides which backend is fastest: CPU model, its `ISA_FLAGS`, PyTorch's CPU dispatch level, the

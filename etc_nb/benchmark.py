@@ -15,10 +15,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .autotune import choose_backend, machine_fingerprint, time_backends
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data import get_dataset
+from .evaluate import evaluate, predict
 from .infer import AUTO_EXCLUDED, BACKENDS, Predictor, available_backends, load_model
 from .io import atomic_write
 from .models import count_params, create_model, list_models
-from .quantize import calibration_frames
+from .quantize import calibration_frames, evenly_spaced
+from .report import markdown_table
 
 # %% auto #0
 __all__ = ['PAPER_TABLE_V', 'gflops', 'benchmark_model', 'benchmark', 'backend_accuracy']
@@ -85,20 +90,22 @@ def benchmark_model(name: str, size: tuple[int, int] = (512, 1024), device: str 
 # %% ../nbs/12_benchmark.ipynb #c012
 _PAPER_COLUMNS = ["paper_params_M", "paper_fps_1080ti"]
 
+def _format_table(df: pd.DataFrame, cols: list[str], fmt: dict) -> str:
+    "`df`'s `cols` as a Markdown table (`etc_nb.report.markdown_table`): strings as they are, NaN as '–', numbers by `fmt[col]` (default 2 decimals)."
+    cell = lambda c, v: v if isinstance(v, str) else "–" if pd.isna(v) else fmt.get(c, "{:.2f}").format(v)
+    shown = pd.DataFrame({c: [cell(c, v) for v in df[c]] for c in cols}).set_index(cols[0])
+    return markdown_table(shown) + "\n"
+
 def _markdown(df: pd.DataFrame, size, device: str) -> str:
     backends = [c[4:] for c in df.columns if c.startswith("fps_") and c != "fps_auto"]
     cols = ["model", "weights", "params_M", "gflops", *(f"fps_{b}" for b in backends), "auto", "speedup_auto", "agree_auto",
             *(["speedup_int8", "agree_onnx-int8"] if "fps_onnx-int8" in df else []), *_PAPER_COLUMNS]
-    fmt = {c: "{:.2f}" for c in cols} | {"agree_auto": "{:.4f}", "agree_onnx-int8": "{:.4f}", "gflops": "{:.1f}",
-                                          "paper_params_M": "{:g}", "paper_fps_1080ti": "{:g}"}
-    lines = [f"Input 1×3×{size[0]}×{size[1]}, device {device}; fps = 1000 / median latency; `auto`: the backend "
-             "`Predictor(backend='auto')` picks from these runs; agree: argmax agreement with eager fp32.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = ["random" if c == "weights" and r[c] == "random" else "trained" if c == "weights" else r[c] if isinstance(r[c], str)
-                 else ("–" if pd.isna(r[c]) else fmt[c].format(r[c])) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    fmt = {"agree_auto": "{:.4f}", "agree_onnx-int8": "{:.4f}", "gflops": "{:.1f}", "paper_params_M": "{:g}",
+           "paper_fps_1080ti": "{:g}"}
+    shown = df.assign(weights=df["weights"].where(df["weights"] == "random", "trained"))    # not the checkpoint's path
+    return (f"Input 1×3×{size[0]}×{size[1]}, device {device}; fps = 1000 / median latency; `auto`: the backend "
+            "`Predictor(backend='auto')` picks from these runs; agree: argmax agreement with eager fp32.\n\n"
+            + _format_table(shown, cols, fmt))
 
 def benchmark(models=None, size: tuple[int, int] = (512, 1024), device: str = "cpu", out=None, runs: int = 10,
               warmup: int = 2, progress: bool = True, checkpoints: dict | None = None, **kw) -> pd.DataFrame:
@@ -126,6 +133,15 @@ def benchmark(models=None, size: tuple[int, int] = (512, 1024), device: str = "c
     return df
 
 # %% ../nbs/12_benchmark.ipynb #nacc02
+class _Recorded:
+    "A per-video predictor (`etc_nb.evaluate.predict_sequence`) that runs `net` frame by frame and keeps what it predicted, so `evaluate`'s predictions also give the agreement."
+    def __init__(self, net):
+        self.net, self.preds = net, []
+
+    def predict_video(self, frames: torch.Tensor) -> torch.Tensor:
+        self.preds.append(predict(self.net, frames))
+        return self.preds[-1]
+
 def backend_accuracy(checkpoints, backends=("onnxruntime", "bf16", "onnx-int8"), split: str = "val", root=None,
                      calibration=None, flows=None, out=None, progress: bool = True) -> pd.DataFrame:
     """Evaluate each `train` checkpoint of `checkpoints` (paths) on its dataset's `split` (at `root`, default
@@ -133,27 +149,22 @@ def backend_accuracy(checkpoints, backends=("onnxruntime", "bf16", "onnx-int8"),
     (eager first) with `model`, `backend`, `mIoU`, `TC_<flow>`, their change `d_mIoU`, `d_TC_<flow>` against
     eager, and `agree` (pixel fraction with eager's class). `calibration`: frames for INT8 (default: the first
     frame of 16 snippets of the training split). With `out`, writes `backend_accuracy.csv` and `.md`."""
-    from etc_nb.checkpoint import load_checkpoint
-    from etc_nb.config import TrainConfig
-    from etc_nb.data import get_dataset
-    from etc_nb.evaluate import evaluate, sequence_predictions
     rows = []
     for path in tqdm(list(checkpoints), desc="checkpoints", disable=not progress):
         model, ck = load_checkpoint(path)
         cfg = TrainConfig.from_dict(ck["config"])
         data_root = Path(root or cfg.root)
-        ds = get_dataset(cfg.dataset, data_root, split, mode="sequence")
-        ref = [p for _, p in sequence_predictions(model, ds, progress=False)]
         cal = calibration
         if cal is None and "onnx-int8" in backends:       # the first frame of 16 training snippets, spread over the split
             train_ds = get_dataset(cfg.dataset, data_root, cfg.split, mode="sequence")
-            cal = torch.stack([train_ds[int(i)]["frames"][0] for i in np.unique(np.linspace(0, len(train_ds) - 1, 16).round())])
+            cal = torch.stack([train_ds[int(i)]["frames"][0] for i in evenly_spaced(len(train_ds), 16)])
         for backend in ("eager", *backends):
-            net = model if backend == "eager" else Predictor(model, backend, cache=False, progress=False, calibration=cal)
+            net = _Recorded(model if backend == "eager" else
+                            Predictor(model, backend, cache=False, progress=False, calibration=cal))
             res = evaluate(net, data_root, split, dataset=cfg.dataset, num_classes=cfg.num_classes, flows=flows,
                            progress=False)
-            preds = [p for _, p in sequence_predictions(net, ds, progress=False)]
-            agree = sum((p == r).sum().item() for p, r in zip(preds, ref)) / sum(r.numel() for r in ref)
+            ref = net.preds if backend == "eager" else ref
+            agree = sum((p == r).sum().item() for p, r in zip(net.preds, ref)) / sum(r.numel() for r in ref)
             rows.append({"checkpoint": str(path), "model": cfg.model, "backend": backend, "agree": agree,
                          **{k: v for k, v in res.items() if k == "mIoU" or k.startswith("TC_")}})
     df = pd.DataFrame(rows)
@@ -163,9 +174,7 @@ def backend_accuracy(checkpoints, backends=("onnxruntime", "bf16", "onnx-int8"),
         out = Path(out)
         atomic_write(out / "backend_accuracy.csv", df.to_csv(index=False))
         cols = ["model", "backend", "agree", *[c for c in df.columns if c.startswith(("mIoU", "TC_", "d_"))]]
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.4f}" if c == "agree" else f"{r[c]:+.2f}"
-                                    if c.startswith("d_") else f"{r[c]:.2f}" for c in cols) + " |" for _, r in df.iterrows()]
+        fmt = {"agree": "{:.4f}"} | {c: "{:+.2f}" for c in cols if c.startswith("d_")}
         atomic_write(out / "backend_accuracy.md", f"Split {split!r}; mIoU and TC in percent, d_: change against eager fp32; "
-                     "agree: fraction of pixels with eager's class.\n\n" + "\n".join(lines) + "\n")
+                     "agree: fraction of pixels with eager's class.\n\n" + _format_table(df, cols, fmt))
     return df

@@ -21,13 +21,17 @@ from .segment import open_frames
 from .autotune import cpu_info
 
 # %% auto #0
-__all__ = ['calibration_frames', 'has_vnni', 'quantize_onnx']
+__all__ = ['evenly_spaced', 'calibration_frames', 'has_vnni', 'quantize_onnx']
 
 # %% ../nbs/11b_quantize.ipynb #c006
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     shrink = h * w < img.shape[0] * img.shape[1]
     return img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+def evenly_spaced(total: int, n: int) -> np.ndarray:
+    "Indices of `n` items spread evenly over `total` (first and last included; all of them when `total` ≤ `n`), sorted."
+    return np.unique(np.linspace(0, total - 1, n).round().astype(int))
 
 def calibration_frames(source, size: tuple[int, int], n: int = 16) -> torch.Tensor:
     """`n` frames evenly spaced over `source`, resized to `size` `(H,W)` and normalised like training:
@@ -37,23 +41,23 @@ def calibration_frames(source, size: tuple[int, int], n: int = 16) -> torch.Tens
     if isinstance(source, torch.Tensor) and source.is_floating_point():
         if source.dim() != 4 or source.shape[1] != 3:
             raise ValueError(f"source: expected normalised frames (N,3,H,W), got {tuple(source.shape)}")
-        x = source[np.unique(np.linspace(0, len(source) - 1, n).round().astype(int))].float()
+        x = source[evenly_spaced(len(source), n)].float()
         return x if tuple(x.shape[2:]) == tuple(size) else F.interpolate(x, size, mode="bilinear", antialias=True)
     if isinstance(source, (np.ndarray, torch.Tensor)):
         frames = np.asarray(source)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"source: expected uint8 RGB frames (N,H,W,3), got {frames.dtype} {frames.shape}")
-        picked = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, n).round().astype(int))]
+        picked = [frames[i] for i in evenly_spaced(len(frames), n)]
     elif Path(source).is_dir():
         paths = sorted((p for p in Path(source).rglob("*") if p.suffix.lower() in IMAGE_EXTS), key=natural_key)
         if not paths:
             raise ValueError(f"{source}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below it")
-        picked = [read_image(paths[i]) for i in np.unique(np.linspace(0, len(paths) - 1, n).round().astype(int))]
+        picked = [read_image(paths[i]) for i in evenly_spaced(len(paths), n)]
     else:
         frames, count, _ = open_frames(source)           # a missing or unreadable file: an error naming it
         frames = list(frames) if count <= 0 else frames
         total = len(frames) if isinstance(frames, list) else count
-        keep = set(np.unique(np.linspace(0, total - 1, n).round().astype(int)).tolist())
+        keep = set(evenly_spaced(total, n).tolist())
         picked = [f for i, f in enumerate(frames) if i in keep]
     return torch.stack([to_tensor(_resize(f, size)) for f in picked])
 
