@@ -333,21 +333,24 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
               lam: float | None = None, lam_pf: float | None = None, lam_mf: float | None = None,
               lam_sf: float | None = None, teacher_dir="data/cache/teachers", runs_dir="data/cache/runs",
               train_kw: dict | None = None, teacher_kw: dict | None = None, device: str | None = None,
-              pretrain_steps: int | None = None, progress: bool = True) -> pd.DataFrame:
+              pretrain_steps: int | None = None, pretrain_student: bool = True,
+              progress: bool = True) -> pd.DataFrame:
     """Run paper table `table` ('table1', 'table2', 'table3'; see `TABLES`) with the parameters of its papermill
     notebook `nbs/runs/<table>.ipynb` (None: the default of `ablation_base`; `teacher_steps` None: 400, or 80 with
     `quick`, on the synthetic benchmark, else required; `train_kw`: other `TrainConfig` fields, of students and
     teachers; `teacher_kw`: `TrainConfig` fields of the teachers only; `device`: see `run_ablation`;
     `pretrain_steps`: first pretrain the backbones of `model` and `teacher_model` that many steps on the
     benchmark's pretrain split (`pretrain_backbone`; `bench` must then ask for one, e.g. `{"n_pretrain": 480}`),
-    and start every student and teacher from them)."""
+    and start every teacher, and with `pretrain_student` every student, from them; without it the teacher alone
+    has seen the pretrain split, like a teacher trained on extra data)."""
     if table not in TABLES:
         raise ValueError(f"table: expected one of {sorted(TABLES)}, got {table!r}")
     params = dict(out=str(out), dataset=dataset, root=None if root is None else str(root), bench=bench, quick=quick,
                   model=model, teacher_model=teacher_model, crop=crop, steps=steps, teacher_steps=teacher_steps,
                   batch_size=batch_size, seeds=seeds, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
                   teacher_dir=str(teacher_dir), runs_dir=str(runs_dir), train_kw=train_kw or {},
-                  teacher_kw=teacher_kw or {}, device=device, pretrain_steps=pretrain_steps)
+                  teacher_kw=teacher_kw or {}, device=device, pretrain_steps=pretrain_steps,
+                  pretrain_student=pretrain_student)
     base = ablation_base(dataset, root, quick=quick, bench=bench, model=model, crop=crop, steps=steps,
                          batch_size=batch_size, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
                          **(train_kw or {}))
@@ -356,6 +359,7 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
         pre_dir = Path(teacher_dir) / "pretrain"
         teacher_kw["pretrained"] = str(pretrain_backbone(base, teacher_model, pretrain_steps, pre_dir, device=device,
                                                          progress=progress))
+    if pretrain_steps and pretrain_student:
         base = replace(base, pretrained=str(pretrain_backbone(base, model, pretrain_steps, pre_dir, device=device,
                                                                progress=progress)))
     if teacher_steps is None:
