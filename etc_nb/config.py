@@ -51,6 +51,7 @@ class TrainConfig:
     split: str = "train"                # the split trained on (VideoMatting has only 'test'; `video` ignores it)
     model: str = "pspnet18"             # any `etc_nb.models.create_model` name
     num_classes: int = 19               # must equal the dataset's class count when it has a class list
+    class_names: tuple[str, ...] | None = None  # names of the classes, index = id (None: the dataset's)
     pretrained: str | None = None       # local torchvision ImageNet checkpoint for the backbone
     scheme: str = "baseline"            # 'baseline' or a '+'-joined subset of SCHEME_TERMS, e.g. 'tl+pf+mf+pl'
     teacher: str | None = None          # checkpoint written by `train` (same num_classes); needed by pf, mf, sf
@@ -111,6 +112,19 @@ class TrainConfig:
             raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.flow not in FLOW_SOURCES:
             raise ValueError(f"flow: expected one of {', '.join(FLOW_SOURCES)}, got {self.flow!r}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names: expected {self.num_classes} names (num_classes), got {len(self.class_names)}")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The names of the classes: `class_names`, else the dataset's where it names `num_classes` of them
+        (`etc_nb.data.dataset_classes`), else `etc_nb.models.default_classes`."""
+        from etc_nb.data import dataset_classes
+        from etc_nb.models import default_classes
+        if self.class_names is not None:
+            return self.class_names
+        named = dataset_classes(self.dataset)
+        return named if len(named) == self.num_classes else default_classes(self.num_classes)
 
     @property
     def terms(self) -> frozenset[str]:

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 
 # %% auto #0
-__all__ = ['cityscapes_palette', 'colorize', 'overlay', 'flow_to_color', 'flow_wheel', 'class_legend', 'figure_png',
-           'show_figure', 'plot_accuracy_vs_consistency']
+__all__ = ['cityscapes_palette', 'colorize', 'overlay', 'class_palette', 'legend_strip', 'flow_to_color', 'flow_wheel',
+           'class_legend', 'figure_png', 'show_figure', 'plot_accuracy_vs_consistency']
 
 # %% ../nbs/07_viz.ipynb #c004
 def cityscapes_palette() -> np.ndarray:
@@ -32,6 +32,62 @@ def colorize(label: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5, palette: np.ndarray | None = None) -> np.ndarray:
     "Blend the colourised `label` `(H,W)` over `image` `(H,W,3)` uint8 RGB with weight `alpha`."
     return cv2.addWeighted(image, 1 - alpha, colorize(label, palette), alpha, 0)
+
+# %% ../nbs/07_viz.ipynb #nvz0002
+def class_palette(classes) -> np.ndarray:
+    """`(256,3)` uint8 RGB colours for the class names `classes` (index = class id): the official colours of the
+    class lists the library knows (Cityscapes' trainIds, 300VW-Mask, the `portrait` teacher), else black for a
+    first class named 'background' and matplotlib's `tab20` colours in turn for the others; black beyond."""
+    from matplotlib import colormaps
+    from etc_nb.data.cityscapes import CITYSCAPES_CLASSES
+    from etc_nb.data.vw300mask import VW300_CLASSES, VW300_COLOURS
+    from etc_nb.teachers import PORTRAIT_CLASSES, PORTRAIT_COLOURS
+    classes = tuple(classes)
+    if len(classes) > 255:
+        raise ValueError(f"classes: at most 255 (id 255 is the ignore label), got {len(classes)}")
+    if classes == CITYSCAPES_CLASSES:
+        return cityscapes_palette()
+    pal = np.zeros((256, 3), np.uint8)
+    known = {VW300_CLASSES: VW300_COLOURS, PORTRAIT_CLASSES: PORTRAIT_COLOURS}
+    if classes in known:
+        pal[:len(classes)] = known[classes]
+        return pal
+    start = 1 if classes[:1] == ("background",) else 0
+    tab = (np.array(colormaps["tab20"].colors) * 255).round().astype(np.uint8)
+    for k in range(start, len(classes)):
+        pal[k] = tab[(k - start) % len(tab)]
+    return pal
+
+# %% ../nbs/07_viz.ipynb #nvz0004
+def legend_strip(classes, palette: np.ndarray, width: int) -> np.ndarray:
+    """A legend `(h,width,3)` uint8 RGB to put under a frame `width` pixels wide: for each name in `classes`
+    (index = class id) a swatch of its colour in `palette` and the name, in rows that fit the width; the text
+    grows with the width (cv2's Hershey font, at least 0.3 scale) and is cut to fit where one name is wider."""
+    if width < 16:
+        raise ValueError(f"width: expected a frame at least 16 pixels wide, got {width}")
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, width / 1600)
+    thick = max(1, round(scale * 1.5))
+    (_, th), base = cv2.getTextSize("Ag", font, scale, thick)
+    sw, pad = th + base, max(2, th // 2)
+    items = []
+    for k, name in enumerate(classes):
+        while len(name) > 1 and cv2.getTextSize(name, font, scale, thick)[0][0] + sw + 3 * pad > width:
+            name = name[:-1]                            # a name wider than the frame: cut, never overflow
+        items.append((k, name, sw + pad + cv2.getTextSize(name, font, scale, thick)[0][0] + 2 * pad))
+    rows, x = [[]], pad
+    for item in items:
+        if rows[-1] and x + item[2] > width:
+            rows.append([]); x = pad
+        rows[-1].append((x, *item[:2])); x += item[2]
+    line = sw + 2 * pad
+    strip = np.full((line * len(rows) + pad, width, 3), 32, np.uint8)
+    for r, row in enumerate(rows):
+        y = pad + r * line
+        for x, k, name in row:
+            cv2.rectangle(strip, (x, y), (x + sw - 1, y + sw - 1), tuple(int(c) for c in palette[k]), -1)
+            cv2.rectangle(strip, (x, y), (x + sw - 1, y + sw - 1), (200, 200, 200), 1)
+            cv2.putText(strip, name, (x + sw + pad, y + th), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return strip
 
 # %% ../nbs/07_viz.ipynb #c006
 def flow_to_color(flow: np.ndarray, max_mag: float | None = None) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 # %% auto #0
-__all__ = ['DATASETS', 'get_dataset']
+__all__ = ['DATASETS', 'get_dataset', 'dataset_classes']
 
 # %% ../../nbs/data/03_registry.ipynb #c005
 DATASETS = {
@@ -28,5 +28,16 @@ def get_dataset(name: str, root, split: str = "train", **kw):
     (e.g. `mode`, `gap`, `random_gap`, `flow`, `augment`)."""
     if name not in DATASETS:
         raise ValueError(f"dataset {name!r} unknown; available: {', '.join(sorted(DATASETS))}")
+    return _reader(name)(root, split, **kw)
+
+
+def _reader(name: str):
     module, cls = DATASETS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(root, split, **kw)
+    return getattr(importlib.import_module(module), cls)
+
+
+def dataset_classes(name: str) -> tuple[str, ...]:
+    "The class names (index = class id) of dataset `name` where its reader fixes them; () where the data says (VSPW) or nothing does (`video`)."
+    if name not in DATASETS:
+        raise ValueError(f"dataset {name!r} unknown; available: {', '.join(sorted(DATASETS))}")
+    return tuple(getattr(_reader(name), "classes", ()))

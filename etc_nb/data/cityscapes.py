@@ -18,7 +18,7 @@ from ..flow import FlowCache
 from ..io import read_label
 
 # %% auto #0
-__all__ = ['LAYOUT', 'label_id_to_train_id', 'CityscapesVideo', 'write_fixture']
+__all__ = ['CITYSCAPES_CLASSES', 'LAYOUT', 'label_id_to_train_id', 'CityscapesVideo', 'write_fixture']
 
 # %% ../../nbs/data/02_cityscapes.ipynb #c005
 def label_id_to_train_id() -> np.ndarray:
@@ -29,6 +29,14 @@ def label_id_to_train_id() -> np.ndarray:
         if 0 <= lab.id < 256 and 0 <= lab.trainId < 255:
             lut[lab.id] = lab.trainId
     return lut
+
+
+def _train_id_names() -> tuple[str, ...]:
+    from cityscapesscripts.helpers.labels import labels
+    names = {lab.trainId: lab.name for lab in labels if 0 <= lab.trainId < 255}
+    return tuple(names[k] for k in range(len(names)))
+
+CITYSCAPES_CLASSES = _train_id_names()     # the 19 trainIds' names, index = trainId (cityscapesscripts' table)
 
 # %% ../../nbs/data/02_cityscapes.ipynb #c008
 _FRAME = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
@@ -43,6 +51,7 @@ class CityscapesVideo(VideoDataset):
               "(or _labelIds.png)")
     pseudo_layout = ("pseudo_root/gtFine/{split}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelTrainIds.png "
                      "(+ _gtFine_confidence.png)")
+    classes = CITYSCAPES_CLASSES
 
     def __init__(self, root, split: str = "train", mode: str = "frame", gap: int = 3,
                  random_gap: bool = True, flow=None, augment: VideoAugment | None = None,

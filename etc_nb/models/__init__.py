@@ -10,7 +10,7 @@ import importlib
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['MODELS', 'list_models', 'create_model', 'count_params']
+__all__ = ['MODELS', 'list_models', 'default_classes', 'create_model', 'count_params']
 
 # %% ../../nbs/models/00_registry.ipynb #c005
 MODELS = {
@@ -29,17 +29,31 @@ def list_models() -> list[str]:
     "Names accepted by `create_model`, sorted."
     return sorted(MODELS)
 
-def create_model(name: str, num_classes: int = 19, pretrained=None, **kw) -> nn.Module:
+def default_classes(num_classes: int) -> tuple[str, ...]:
+    "Names of `num_classes` classes that no dataset names: Cityscapes' 19 trainIds for 19 (the library's default count), else 'class 0', 'class 1', …"
+    if num_classes == 19:
+        from etc_nb.data.cityscapes import CITYSCAPES_CLASSES
+        return CITYSCAPES_CLASSES
+    return tuple(f"class {k}" for k in range(num_classes))
+
+
+def create_model(name: str, num_classes: int = 19, pretrained=None, classes=None, **kw) -> nn.Module:
     """The segmentation network `name` with `num_classes` outputs, randomly initialised, its backbone loaded
-    from the local ImageNet checkpoint `pretrained` if given; `kw` go to the constructor.
+    from the local ImageNet checkpoint `pretrained` if given; `kw` go to the constructor. `classes`: the names
+    of its classes (index = class id; default `default_classes`), kept as `model.classes` for overlays,
+    legends and per-class tables.
 
     The model maps `(B,3,H,W)` to a dict: `logits` `(B,num_classes,h,w)` at the model's `output_stride`
     (8 for the PSPNets), `feat` (last-block features) and, in training mode, `aux` (models with auxiliary
     heads)."""
     if name not in MODELS:
         raise ValueError(f"model {name!r} unknown; available: {', '.join(list_models())}")
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"classes: expected {num_classes} names (num_classes), got {len(classes)}")
     module, fn = MODELS[name].split(":")
-    return getattr(importlib.import_module(module), fn)(num_classes=num_classes, pretrained=pretrained, **kw)
+    net = getattr(importlib.import_module(module), fn)(num_classes=num_classes, pretrained=pretrained, **kw)
+    net.classes = tuple(classes) if classes is not None else default_classes(num_classes)
+    return net
 
 # %% ../../nbs/models/00_registry.ipynb #c008
 def count_params(model: nn.Module, inference: bool = True) -> int:
