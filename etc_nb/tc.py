@@ -24,7 +24,8 @@ from .flow import FlowCache, FlowEstimator, flow_to_tensor, get_flow_estimator
 from .infer import Predictor
 from .io import atomic_write, read_label
 from .metrics import pair_confusions, tc_from_confusions
-from .segment import open_frames
+from .segment import frame_predictor, model_classes, open_frames
+from .teachers import Teacher
 
 # %% auto #0
 __all__ = ['label_files', 'tc_flow_cache', 'video_tc', 'tc_report']
@@ -110,11 +111,14 @@ def _write_outputs(out: Path, res: dict) -> list[Path]:
             atomic_write(out / "tc.json", json.dumps(summary, indent=1))]
 
 # %% ../nbs/14_tc.ipynb #c014
-def _trim(cm: torch.Tensor) -> torch.Tensor:
-    "The confusion matrix `cm` `(K,K)` cut to `(k,k)`, `k` = the largest class in a non-empty row or column + 1 (at least 1)."
-    present = (cm.sum(0) + cm.sum(1)).nonzero()
-    k = int(present.max()) + 1 if len(present) else 1
-    return cm[:k, :k]
+def _checked_ids(lab: np.ndarray, path, num_classes: int, ignore_index: int | None) -> np.ndarray:
+    "`lab` if every id is a class (< `num_classes`) or `ignore_index`, else a ValueError naming `path`."
+    present = np.flatnonzero(np.bincount(lab.ravel(), minlength=256))
+    bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
+    if bad:
+        raise ValueError(f"{path}: label ids {bad} are no class (expected 0..{num_classes - 1}"
+                         + (f" or {ignore_index})" if ignore_index is not None else ")"))
+    return lab
 
 # %% ../nbs/14_tc.ipynb #c015
 def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None, num_classes: int | None = None,
@@ -123,13 +127,14 @@ def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None
              device: str = "cpu", progress: bool = True, calibration=None) -> dict:
     """Temporal consistency (percent, paper Eq. 5–6) of the predictions of a video, pair by pair.
 
-    `frames`: video file or frame folder. Predictions: `labels`, a folder with one label PNG per frame, or `model`,
-    run on every frame by `Predictor(model, backend, device)` (`calibration`: its INT8 calibration frames,
-    default `frames`). Flows from frame t to t+1: `flow` (a
+    `frames`: video file or frame folder. Predictions: `labels`, a folder with one label PNG per frame, or `model`
+    (a network, an `OnnxModule` or a `Teacher`), run on every frame by `frame_predictor(model, backend, device,
+    calibration)` (`calibration`: INT8 calibration frames, default `frames`). Flows from frame t to t+1: `flow` (a
     `get_flow_estimator` name or a `FlowEstimator`), cached in `tc_flow_cache(frames, cache_dir)`; `cache_dir`
-    defaults to `out/flow_cache` (no cache when both are None). `num_classes`: default the number of
-    `class_names`, else the model's, else the largest id found + 1. `mode`: as in `temporal_consistency`.
-    With `out`, writes `tc.csv`, `tc_per_class.csv`, `tc.png` and `tc.json` there.
+    defaults to `out/flow_cache` (no cache when both are None). Classes: `class_names`, else the model's
+    (`model_classes`); with `labels`, `num_classes` or `class_names` is required (the count is never guessed
+    from the ids found) and a label with another id is an error naming its file. `mode`: as in
+    `temporal_consistency`. With `out`, writes `tc.csv`, `tc_per_class.csv`, `tc.png` and `tc.json` there.
 
     Returns a dict: `TC`, `per_class_tc` (list of K floats, NaN for absent classes), `per_pair_tc` (list of
     T-1), `pixels` (pixels counted per pair), `frames`, `pairs`, `num_classes`, `mode`, `flow`,
@@ -144,6 +149,8 @@ def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None
         if num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names: expected {num_classes} names (num_classes), got {len(class_names)}")
         num_classes = len(class_names)
+    if labels is not None and num_classes is None:
+        raise ValueError("labels: give num_classes or class_names (the class count is not guessed from the ids found)")
     it, count, _ = open_frames(frames)
     frame = _FrameReader(it, frames, count)
     if labels is not None:
@@ -154,11 +161,12 @@ def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None
         sizes = [image_size(p) for p in paths]  # headers only: a bad file fails before any work
         for p, size in zip(paths, sizes):
             _check_same_size(str(p), size, f"label {paths[0]}", sizes[0])
-        names = [p.name for p in paths]
-        label = lambda t: (read_label(paths[t]), str(paths[t]))
+        names, class_names = [p.name for p in paths], class_names or [str(k) for k in range(num_classes)]
+        label = lambda t: (_checked_ids(read_label(paths[t]), paths[t], num_classes, ignore_index), str(paths[t]))
     else:
-        predictor = Predictor(model, backend, device, calibration=frames if calibration is None else calibration)
-        names, num_classes = [f"{t:06d}" for t in range(count)], num_classes or getattr(model, "num_classes", None)
+        predictor = frame_predictor(model, backend, device, frames if calibration is None else calibration)
+        class_names = class_names or list(model_classes(model))
+        names, num_classes = [f"{t:06d}" for t in range(count)], len(class_names)
         label = lambda t: (predictor.labels(frame(t)).numpy(), f"{frames} frame {t}")
     if count < 2:
         raise ValueError(f"{frames}: {count} frame(s); TC needs at least 2")
@@ -188,23 +196,24 @@ def video_tc(frames, labels=None, model: torch.nn.Module | None = None, out=None
                 _check_same_size(cur_name, cur.shape, f"the previous label {prev_name}", prev.shape)
                 _check_same_size(prev_name, prev.shape, source, fl.shape[-2:])
                 computed += new
-                cm = pair_confusions(np.stack([prev, cur]), fl, num_classes or 255, ignore_index)[0]
-                cms.append(cm if num_classes else _trim(cm))  # keep (k,k), not (255,255), per pair
+                cms.append(pair_confusions(np.stack([prev, cur]), fl, num_classes, ignore_index)[0])
                 prev, prev_name = cur, cur_name
-        size = max(len(cm) for cm in cms)
-        cms = torch.stack([torch.nn.functional.pad(cm, (0, size - len(cm), 0, size - len(cm))) for cm in cms])
+        cms = torch.stack(cms)
         tc = tc_from_confusions(cms, mode, per_class=True)
         seconds = time.perf_counter() - t0
         res = dict(TC=tc["TC"], per_class_tc=tc["per_class_tc"].tolist(), per_pair_tc=tc["per_pair_tc"],
-                   pixels=cms.sum((1, 2)).tolist(), frames=count, pairs=count - 1, num_classes=size, mode=mode,
-                   flow=estimator.name, flows_computed=computed, seconds=seconds, pairs_per_s=(count - 1) / seconds,
-                   frame_names=names, class_names=class_names or [str(k) for k in range(size)], files=[])
+                   pixels=cms.sum((1, 2)).tolist(), frames=count, pairs=count - 1, num_classes=num_classes,
+                   mode=mode, flow=estimator.name, flows_computed=computed, seconds=seconds,
+                   pairs_per_s=(count - 1) / seconds, frame_names=names, class_names=list(class_names), files=[])
         if out is not None:
             res["files"] = [str(p) for p in _write_outputs(Path(out), res)]
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+    finally:
+        if model is not None and isinstance(predictor, Teacher):
+            predictor.close()
     return res
 
 # %% ../nbs/14_tc.ipynb #c021
