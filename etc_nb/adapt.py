@@ -24,6 +24,7 @@ from .config import TrainConfig, parse_scheme
 from .io import atomic_write
 from .metrics import confusion_matrix, miou, per_class_iou
 from .pseudo import write_pseudo_labels
+from .report import markdown_table
 from .segment import frame_predictor, open_frames
 from .tc import video_tc
 from .teachers import Teacher, get_teacher
@@ -31,7 +32,7 @@ from .train import train
 from .viz import class_palette, overlay
 
 # %% auto #0
-__all__ = ['ADAPT_DEFAULTS', 'split_video', 'predict_folder', 'adapt']
+__all__ = ['ADAPT_DEFAULTS', 'split_video', 'predict_folder', 'adapt', 'adapt_markdown']
 
 # %% ../nbs/21_adapt.ipynb #a006
 def _video_name(path: Path) -> str:
@@ -229,3 +230,18 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
     atomic_write(run / "side_by_side.png", png.tobytes())
     atomic_write(run / "adapt.json", json.dumps(report, indent=1))
     return report
+
+# %% ../nbs/21_adapt.ipynb #a013b
+def adapt_markdown(report: dict) -> str:
+    "`adapt`'s held-out report as Markdown: teacher and student in one table, then the student's IoU per class."
+    import pandas as pd
+    if not report.get("complete"):
+        return f"training stopped at {report['checkpoint']} before step {report['steps']}: nothing evaluated yet"
+    table = pd.DataFrame({"agreement mIoU (%)": ["reference", f"{report['mIoU']:.2f}"],
+                          "TC (%)": [f"{report['TC_teacher']:.2f}", f"{report['TC_student']:.2f}"],
+                          "fps": [f"{report['fps_teacher']:.1f}", f"{report['fps_student']:.1f}"]},
+                         index=pd.Index([f"teacher {report['teacher']}",
+                                         f"student {report['model']} ({report['scheme']}, {report['steps']} steps)"],
+                                        name=f"held out: {report['holdout_frames']} frames of {len(report['videos'])} video(s)"))
+    per_class = ", ".join(f"{k} {v:.2f}" for k, v in report["per_class_iou"].items())
+    return markdown_table(table) + f"\n\nstudent vs teacher, IoU per class (%): {per_class}"

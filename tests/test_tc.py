@@ -150,11 +150,11 @@ def test_shifted_labels_with_the_exact_flow_score_100(tmp_path):
     frames, lab_dir = write_video(tmp_path, labels)
     put_flows(frames, tmp_path / "cache", flows)
     for mode in ("pair", "global"):
-        r = video_tc(frames, labels=lab_dir, cache_dir=tmp_path / "cache", mode=mode, progress=False)
+        r = video_tc(frames, labels=lab_dir, cache_dir=tmp_path / "cache", mode=mode, num_classes=6, progress=False)
         assert r["TC"] == 100.0 and r["flows_computed"] == 0 and r["num_classes"] == 6
     # flows off by one pixel: no longer consistent
     put_flows(frames, tmp_path / "cache", [f + 1 for f in flows])
-    assert video_tc(frames, labels=lab_dir, cache_dir=tmp_path / "cache", progress=False)["TC"] < 50
+    assert video_tc(frames, labels=lab_dir, cache_dir=tmp_path / "cache", num_classes=6, progress=False)["TC"] < 50
 
 
 def test_known_disagreement_gives_the_known_tc(tmp_path):
@@ -268,7 +268,8 @@ def test_cli_errors_are_one_line_naming_the_file(tmp_path, capsys, setup, msg):
     elif setup == "noframes":
         frames = tmp_path / "missing"
     extra = ["--model", "pspnet18"] if setup == "both" else []
-    assert main(["tc", "--labels", str(labels), "--frames", str(frames), "--out", str(tmp_path / "o"), *extra]) == 2
+    assert main(["tc", "--labels", str(labels), "--frames", str(frames), "--out", str(tmp_path / "o"), "--num-classes", "2",
+                 *extra]) == 2
     err = capsys.readouterr().err.splitlines()[-1]     # after the progress bar, if it started
     assert err.startswith("etc-nb tc: error: ") and msg in err, err
     assert not (tmp_path / "o" / "tc.csv").exists()
