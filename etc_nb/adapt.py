@@ -32,7 +32,7 @@ from .train import train
 from .viz import class_palette, overlay
 
 # %% auto #0
-__all__ = ['ADAPT_DEFAULTS', 'split_video', 'predict_folder', 'adapt', 'adapt_markdown']
+__all__ = ['ADAPT_DEFAULTS', 'split_video', 'predict_folder', 'side_by_side', 'adapt', 'adapt_markdown']
 
 # %% ../nbs/21_adapt.ipynb #a006
 def _video_name(path: Path) -> str:
@@ -114,21 +114,25 @@ def _crop_for(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     return min(h for h, _ in sizes) // 8 * 8, min(w for _, w in sizes) // 8 * 8
 
 
-def _strip(frames_dir: Path, teacher_dir: Path, student_dir: Path, palette, titles, show: int = 4) -> np.ndarray:
-    "Side by side for `show` evenly spaced held-out frames: rows of input | teacher | student, titled."
-    names = sorted(p.name for p in teacher_dir.glob("*.png"))
+def side_by_side(frames_dir, label_dirs: dict, palette: np.ndarray, show: int = 4) -> np.ndarray:
+    """Side by side, uint8 RGB, for `show` evenly spaced frames of `frames_dir`: one row per frame, the input and
+    then one overlay per entry of `label_dirs` (`{title: folder of label PNGs named like the frames}`), under a
+    header with the titles."""
+    frames_dir = Path(frames_dir)
+    names = sorted(p.name for p in frames_dir.glob("*.png"))
     pick = [names[i] for i in np.linspace(0, len(names) - 1, min(show, len(names))).round().astype(int)]
     rows = []
     for name in pick:
         img = np.asarray(Image.open(frames_dir / name).convert("RGB"))
-        panels = [img] + [overlay(img, np.asarray(Image.open(d / name)), 0.5, palette) for d in (teacher_dir, student_dir)]
-        rows.append(np.concatenate(panels, 1))
-    strip = np.concatenate(rows, 0)
-    head = np.full((22, strip.shape[1], 3), 255, np.uint8)
-    w = strip.shape[1] // 3
-    for k, title in enumerate(titles):
-        cv2.putText(head, title, (k * w + 4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([head, strip], 0)
+        rows.append(np.concatenate([img] + [overlay(img, np.asarray(Image.open(Path(d) / name)), 0.5, palette)
+                                            for d in label_dirs.values()], 1))
+    grid = np.concatenate(rows, 0)
+    w = grid.shape[1] // (1 + len(label_dirs))
+    scale = max(0.3, w / 450)
+    head = np.full((round(30 * scale) + 8, grid.shape[1], 3), 255, np.uint8)
+    for k, title in enumerate(["input", *label_dirs]):
+        cv2.putText(head, title, (k * w + 4, round(22 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([head, grid], 0)
 
 
 def _tc_plot(per_video: dict, path: Path, title: str) -> None:
@@ -221,11 +225,13 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
                    "TC_teacher": pool("teacher"), "TC_student": pool("student"),
                    "fps_teacher": mean(fps_teacher), "fps_student": mean(fps_student),
                    "per_video": {n: {"TC_teacher": tcs[n]["teacher"]["TC"], "TC_student": tcs[n]["student"]["TC"],
-                                     "fps_teacher": fps_teacher[n], "fps_student": fps_student[n]} for n in names}})
+                                     "fps_teacher": fps_teacher[n], "fps_student": fps_student[n],
+                                     "per_pair_tc_teacher": tcs[n]["teacher"]["per_pair_tc"],
+                                     "per_pair_tc_student": tcs[n]["student"]["per_pair_tc"]} for n in names}})
     _tc_plot({n: tcs[n] for n in names}, run / "tc.png", f"{teacher.name} teacher vs {model} student ({scheme})")
-    palette = class_palette(classes)
-    strip = _strip(frames_dir / "holdout" / names[0], out / "teacher" / names[0], run / "holdout" / names[0],
-                   palette, ["input (held out)", f"teacher: {teacher.name}", f"student: {model}, {scheme}"])
+    strip = side_by_side(frames_dir / "holdout" / names[0], {f"teacher {teacher.name}": out / "teacher" / names[0],
+                                                            f"student {model} {scheme}": run / "holdout" / names[0]},
+                         class_palette(classes))
     ok, png = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
     atomic_write(run / "side_by_side.png", png.tobytes())
     atomic_write(run / "adapt.json", json.dumps(report, indent=1))
