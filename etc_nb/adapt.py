@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, parse_scheme
-from .io import atomic_write
+from .data.video import image_size
+from .io import atomic_write, read_label
 from .metrics import confusion_matrix, miou, per_class_iou
 from .pseudo import write_pseudo_labels
 from .report import markdown_table
@@ -29,7 +30,7 @@ from .segment import frame_predictor, open_frames
 from .tc import video_tc
 from .teachers import Teacher, get_teacher
 from .train import train
-from .viz import class_palette, overlay
+from .viz import class_palette, figure_png, overlay
 
 # %% auto #0
 __all__ = ['ADAPT_DEFAULTS', 'split_video', 'predict_folder', 'side_by_side', 'adapt', 'adapt_markdown']
@@ -147,18 +148,16 @@ def _tc_plot(per_video: dict, path: Path, title: str) -> None:
         ax.set(xlabel="held-out frame t (pair t, t+1)", ylabel="TC (%)", title=f"{name}: {title}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    atomic_write(path, figure_png(fig, dpi=110))
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: str = ADAPT_DEFAULTS["scheme"],
           steps: int = ADAPT_DEFAULTS["steps"], holdout: float = 0.25, seed: int = 0,
           batch_size: int = ADAPT_DEFAULTS["batch_size"], crop=None, lam: float = ADAPT_DEFAULTS["lam"],
           flow: str = ADAPT_DEFAULTS["flow"], flip: bool = True, threshold: float = 0.7, backend: str = "auto",
-          device: str | None = None, stop_after: int | None = None, progress: bool = True, **train_kw) -> dict:
+          device: str | None = None, stop_after: int | None = None, workers: int = 0, progress: bool = True,
+          **train_kw) -> dict:
     """Train a per-frame student of `teacher` (a `Teacher` or its name, e.g. 'portrait', 'mediapipe:face_parts')
     on the unlabelled `videos` (paths of video files or frame folders, distinct names) and report it on their
     held-out ends. Writes under `out`: `frames/`, `pseudo/`, `teacher/` (its held-out labels and `teacher.json`),
@@ -169,6 +168,8 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
     (None: the largest multiple of 8 that fits every video); `flip`, `threshold`: the pseudo labels' test-time
     flip and confidence threshold (0.7: with two classes the library's 0.5 would ignore nothing); `backend`, `device`: the student's inference at evaluation (training runs on
     `device`, default the CPU); `stop_after`: stop training there (see `train`), then nothing is evaluated;
+    `workers`: DataLoader worker processes (default 0: batches come from this process, where MediaPipe's threads
+    have started, and workers forked from it can deadlock on locks those threads held);
     `train_kw`: other `TrainConfig` fields. Returns the report (`adapt.json`'s content): `teacher`, `model`, `scheme`, `seed`,
     `steps`, `videos`, `train_frames`, `holdout_frames`, `mIoU` (student vs teacher, %), `per_class_iou`,
     `TC_teacher`, `TC_student` (%, pair mode), `fps_teacher`, `fps_student`, `train_s`, `checkpoint`,
@@ -195,14 +196,14 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
             fps_teacher[info["name"]] = predict_folder(teacher, frames_dir / "holdout" / info["name"],
                                                        out / "teacher" / info["name"])
             atomic_write(teacher_json, json.dumps(fps_teacher, indent=1))
-    sizes = [cv2.imread(str(frames_dir / "train" / i["name"] / "000000.png")).shape[:2] for i in infos]
+    sizes = [image_size(frames_dir / "train" / i["name"] / "000000.png") for i in infos]
     cfg = TrainConfig(dataset="video", root=str(frames_dir / "train"), split="", model=model,
                       num_classes=teacher.num_classes, class_names=tuple(teacher.classes), scheme=scheme,
                       pseudo_root=str(out / "pseudo"), steps=steps, batch_size=batch_size,
                       crop=tuple(crop) if crop is not None else _crop_for(sizes), lam=lam, flow=flow, seed=seed,
                       **{"scale": (0.75, 1.25), **train_kw})
     run = out / "runs" / f"{scheme}_seed{seed}"
-    ckpt_path = train(cfg, run, stop_after=stop_after, progress=progress, device=device)
+    ckpt_path = train(cfg, run, stop_after=stop_after, progress=progress, device=device, workers=workers)
     student, ck = load_checkpoint(ckpt_path)
     report = {"teacher": teacher.name, "model": model, "scheme": scheme, "seed": seed, "steps": steps,
               "videos": names, "train_frames": sum(i["train"] for i in infos),
@@ -215,11 +216,11 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
     for info in tqdm(infos, desc="student (held out)", disable=not progress):
         name, held = info["name"], frames_dir / "holdout" / info["name"]
         fps_student[name] = predict_folder(student, held, run / "holdout" / name, backend, device or "cpu")
-        lab = lambda d: torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted(d.glob("*.png"))]).astype(np.int64))
+        lab = lambda d: torch.from_numpy(np.stack([read_label(p) for p in sorted(d.glob("*.png"))]).astype(np.int64))
         cm += confusion_matrix(lab(run / "holdout" / name), lab(out / "teacher" / name), K, ignore_index=None)
         tcs[name] = {who: video_tc(held, labels=d, class_names=classes, flow=flow, cache_dir=out / "flow_cache", progress=False)
                      for who, d in (("teacher", out / "teacher" / name), ("student", run / "holdout" / name))}
-    mean = lambda per: float(np.mean([v for v in per.values()]))
+    mean = lambda per: float(np.mean(list(per.values())))
     pool = lambda who: float(np.mean([tcs[n][who]["TC"] for n in names]))     # videos weighed alike
     report.update({"mIoU": miou(cm), "per_class_iou": per_class_iou(cm, classes),
                    "TC_teacher": pool("teacher"), "TC_student": pool("student"),
