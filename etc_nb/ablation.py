@@ -20,7 +20,7 @@ from .report import markdown_table, summarize
 from .evaluate import evaluate
 from .io import atomic_save, atomic_write
 from .pseudo import write_pseudo_labels
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, run_busy, run_lock
 from .config import DISTILL_TERMS, TrainConfig, parse_scheme
 from .train import train
 
@@ -166,10 +166,11 @@ def teacher_pseudo_labels(ckpt, cfg: TrainConfig, progress: bool = True, device=
     ckpt = Path(ckpt)
     root = ckpt.parent / "pseudo_labels"
     manifest = root / f"pseudo_labels_{cfg.split or 'all'}.json"
-    if not (manifest.is_file() and json.loads(manifest.read_text()).get("complete")):
-        model = load_checkpoint(ckpt)[0].to(device or "cpu")
-        write_pseudo_labels(model, cfg.root, cfg.split, root, dataset=cfg.dataset, teacher=ckpt.parent.name,
-                            progress=progress)
+    with run_lock(root):            # parallel copies of a table: one writes, the others wait and find them done
+        if not (manifest.is_file() and json.loads(manifest.read_text()).get("complete")):
+            model = load_checkpoint(ckpt)[0].to(device or "cpu")
+            write_pseudo_labels(model, cfg.root, cfg.split, root, dataset=cfg.dataset, teacher=ckpt.parent.name,
+                                progress=progress)
     return root
 
 # %% ../nbs/15_ablation.ipynb #n15dfae
@@ -274,7 +275,8 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
     Teachers (`teacher_model`, `teacher_steps`, seed 0, `teacher_kw`: their own `TrainConfig` fields) are trained
     once per teacher scheme and cached under `teacher_dir` (default `out/runs/teachers`); students train in
     `run_folder(config, runs_dir)` (default `out/runs`): tables given the same `runs_dir` share their identical
-    runs. Resumable: finished runs are re-evaluated, not retrained. `device`: where to train,
+    runs. Resumable: finished runs are re-evaluated, not retrained. Parallel: copies of the same call in other
+processes share the work (a run another one is training is left for the end, and every run is trained once). `device`: where to train,
     pseudo-label and evaluate (`etc_nb.train.train`'s default: the CPU). Returns the results
     table (one row per run)."""
     arms, out = check_arms(arms), Path(out)
@@ -301,11 +303,18 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
         return replace(base, scheme=arm.scheme, seed=seed, **kw)
 
     rows = [_evaluate_run(a, *teacher(a.scheme), 0, progress, device) for a in arms if a.role == "teacher"]
-    for seed in range(seeds):
-        for arm in (a for a in arms if a.role == "student"):
-            cfg = student_config(arm, seed)
-            ckpt = train(cfg, run_folder(cfg, runs_dir or out / "runs"), progress=progress, device=device)
-            rows.append(_evaluate_run(arm, cfg, ckpt, seed, progress, device))
+    runs = [(arm, seed) for seed in range(seeds) for arm in arms if arm.role == "student"]
+    trained, later = {}, []
+    for arm, seed in runs:
+        cfg = student_config(arm, seed)
+        folder = run_folder(cfg, runs_dir or out / "runs")
+        if run_busy(folder):        # a parallel copy of this table trains it: train the next, come back at the end
+            later.append((arm, seed, cfg, folder))
+        else:
+            trained[arm.name, seed] = cfg, train(cfg, folder, progress=progress, device=device)
+    for arm, seed, cfg, folder in later:    # finished by then, or waited for (train holds the folder's lock)
+        trained[arm.name, seed] = cfg, train(cfg, folder, progress=progress, device=device)
+    rows += [_evaluate_run(arm, *trained[arm.name, seed], seed, progress, device) for arm, seed in runs]
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.csv", df.to_csv(index=False))

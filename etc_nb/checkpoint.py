@@ -24,7 +24,7 @@ except ImportError:                             # Windows: no advisory file lock
     fcntl = None
 
 # %% auto #0
-__all__ = ['load_checkpoint', 'load_teacher', 'NonFiniteError', 'save_checkpoint', 'remove_stale_writes', 'run_lock']
+__all__ = ['load_checkpoint', 'load_teacher', 'NonFiniteError', 'save_checkpoint', 'remove_stale_writes', 'run_lock', 'run_busy']
 
 # %% ../nbs/05d_checkpoint.ipynb #c018
 def load_checkpoint(path, model_name: str | None = None, num_classes: int | None = None):
@@ -103,3 +103,17 @@ def run_lock(out_dir, timeout: float | None = None, poll: float = 1.0):
                     told = True
                 time.sleep(poll)
         yield                                   # closing the file releases the lock
+
+# %% ../nbs/05d_checkpoint.ipynb #nbusy02
+def run_busy(out_dir) -> bool:
+    """Is another holder of `run_lock(out_dir)` training in that folder now? Never waits and creates nothing
+    (False for a folder without a lock file, and where there is no `fcntl`)."""
+    lock = Path(out_dir) / ".lock"
+    if fcntl is None or not lock.is_file():
+        return False
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False                                # closing the file released the probe's lock

@@ -6,6 +6,8 @@ import re
 import shlex
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,35 @@ def test_run_ablation_resumes_extends_and_tabulates(base, tmp_path):
         for m, cell in zip(METRICS, c[4:8]):
             assert cell == f"{round(np.mean(g[m]), 2)} ± {round(np.std(g[m]), 2)}"
     assert cells["TL"][-2:] == ["70.67", "70.46"] and cells["baseline"][-2:] == ["", ""]
+
+
+def test_a_run_another_process_trains_is_left_for_the_end(base, tmp_path):
+    """While another holder has the baseline's run folder, the driver trains the TL run first; the holder lets go
+    once TL's checkpoint exists, and the baseline is trained then, once, and tabulated in its place."""
+    import threading
+    from etc_nb.ablation import run_folder
+    from etc_nb.checkpoint import run_lock
+    arms = (Arm("baseline", "baseline"), Arm("TL", "tl+rs"))
+    folder = run_folder(replace(base, scheme="baseline", seed=0), tmp_path / "runs")
+    held, tl_done = threading.Event(), threading.Event()
+
+    def other_process():
+        with run_lock(folder):
+            held.set()
+            deadline = time.time() + 120                # without the deferral the driver would wait here: fail, not hang
+            while not list((tmp_path / "runs").glob("*_tl+rs_*/last.pt")) and time.time() < deadline:
+                time.sleep(0.05)
+            if time.time() < deadline:
+                tl_done.set()
+
+    t = threading.Thread(target=other_process)
+    t.start()
+    held.wait(10)
+    df = run_ablation(tmp_path, arms, base, seeds=1, teacher_model=SMALL, progress=False)
+    t.join(10)
+    assert tl_done.is_set() and list(df["row"]) == ["baseline", "TL"]
+    tl_ckpt = next((tmp_path / "runs").glob("*_tl+rs_*/last.pt"))
+    assert (folder / "last.pt").stat().st_mtime_ns > tl_ckpt.stat().st_mtime_ns   # trained after TL
 
 
 def test_teachers_of_other_settings_are_kept_apart(base, tmp_path):
