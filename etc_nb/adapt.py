@@ -33,7 +33,7 @@ from .train import train
 from .viz import class_palette, figure_png, overlay
 
 # %% auto #0
-__all__ = ['ADAPT_DEFAULTS', 'split_video', 'predict_folder', 'side_by_side', 'adapt', 'adapt_markdown']
+__all__ = ['ADAPT_DEFAULTS', 'split_video', 'predict_folder', 'paired_fps', 'side_by_side', 'adapt', 'adapt_markdown']
 
 # %% ../nbs/21_adapt.ipynb #a006
 def _video_name(path: Path) -> str:
@@ -81,21 +81,18 @@ def split_video(source, out_dir, holdout: float = 0.25, progress: bool = True) -
     return info
 
 # %% ../nbs/21_adapt.ipynb #a010
-def predict_folder(model, frames_dir, labels_dir, backend: str = "auto", device: str = "cpu") -> float:
+def predict_folder(model, frames_dir, labels_dir, backend: str = "auto", device: str = "cpu") -> Path:
     """Label every frame of `frames_dir` (a frame folder or a video) with `model` (a network or a `Teacher`, via
-    `frame_predictor`) into `labels_dir/000000.png`, … (the folder appears complete, or not at all) and return the frames per second of the `labels`
-    calls after the first (which includes building the teacher's graph or `backend="auto"`'s timing)."""
-    frames, count, _ = open_frames(frames_dir)
+    `frame_predictor`) into `labels_dir/000000.png`, … (the folder appears complete, or not at all); returns
+    `labels_dir`."""
+    frames, _, _ = open_frames(frames_dir)
     predictor = frame_predictor(model, backend, device, calibration=frames_dir)
     labels_dir = Path(labels_dir)
     tmp = labels_dir.with_name(f".{labels_dir.name}.{uuid.uuid4().hex[:8]}.partial")
     tmp.mkdir(parents=True)
-    seconds = 0.0
     try:
         for n, frame in enumerate(frames):
-            t = time.perf_counter()
             label = predictor.labels(frame)
-            seconds += (time.perf_counter() - t) if n else 0.0
             Image.fromarray(label.numpy().astype(np.uint8)).save(tmp / f"{n:06d}.png")
         if labels_dir.exists():
             shutil.rmtree(labels_dir)
@@ -104,7 +101,33 @@ def predict_folder(model, frames_dir, labels_dir, backend: str = "auto", device:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(predictor, Teacher):
             predictor.close()
-    return (count - 1) / seconds if seconds > 0 else float("nan")
+    return labels_dir
+
+
+def paired_fps(models: dict, frames_dir, backend: str = "auto", device: str = "cpu") -> dict:
+    """Frames per second of each of `models` (`{name: network, Teacher or Predictor}`) on the frames of `frames_dir`, timed
+    alternately frame by frame (all see the same machine load): one over the median time of the `labels` calls
+    after each one's first. `backend`, `device`: how networks run (a teacher or a `Predictor`, anything with
+    `labels(frame)`, runs as it is). Needs at least
+    2 frames."""
+    frames, count, _ = open_frames(frames_dir)
+    if count < 2:
+        raise ValueError(f"{frames_dir}: paired_fps needs at least 2 frames, found {count}")
+    predictors = {k: m if hasattr(m, "labels") else frame_predictor(m, backend, device, calibration=frames_dir)
+                  for k, m in models.items()}
+    times = {k: [] for k in models}
+    try:
+        for n, frame in enumerate(frames):
+            for k, predictor in predictors.items():
+                t = time.perf_counter()
+                predictor.labels(frame)
+                if n:
+                    times[k].append(time.perf_counter() - t)
+    finally:
+        for predictor in predictors.values():
+            if isinstance(predictor, Teacher):
+                predictor.close()
+    return {k: 1.0 / float(np.median(v)) for k, v in times.items()}
 
 # %% ../nbs/21_adapt.ipynb #a012
 ADAPT_DEFAULTS = dict(model="espnetv2", scheme="pl+tl+rs", steps=300, batch_size=4, lam=1.0, flow="dis_fast")
@@ -160,7 +183,7 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
           **train_kw) -> dict:
     """Train a per-frame student of `teacher` (a `Teacher` or its name, e.g. 'portrait', 'mediapipe:face_parts')
     on the unlabelled `videos` (paths of video files or frame folders, distinct names) and report it on their
-    held-out ends. Writes under `out`: `frames/`, `pseudo/`, `teacher/` (its held-out labels and `teacher.json`),
+    held-out ends. Writes under `out`: `frames/`, `pseudo/`, `teacher/` (its held-out labels),
     and per student `runs/{scheme}_seed{seed}/`: `last.pt`, `holdout/` (its labels), `adapt.json`, `tc.png`,
     `side_by_side.png`. Resumes every phase.
 
@@ -172,7 +195,8 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
     have started, and workers forked from it can deadlock on locks those threads held);
     `train_kw`: other `TrainConfig` fields. Returns the report (`adapt.json`'s content): `teacher`, `model`, `scheme`, `seed`,
     `steps`, `videos`, `train_frames`, `holdout_frames`, `mIoU` (student vs teacher, %), `per_class_iou`,
-    `TC_teacher`, `TC_student` (%, pair mode), `fps_teacher`, `fps_student`, `train_s`, `checkpoint`,
+    `TC_teacher`, `TC_student` (%, pair mode), `fps_teacher`, `fps_student` (`paired_fps`: timed alternately on the
+    held-out frames), `train_s`, `checkpoint`,
     `complete` (False when `stop_after` ended training early)."""
     teacher = teacher if isinstance(teacher, Teacher) else get_teacher(str(teacher))
     if "pl" not in parse_scheme(scheme):
@@ -189,13 +213,9 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
     infos = [split_video(v, frames_dir, holdout, progress) for v in videos]
     manifest = write_pseudo_labels(teacher, frames_dir / "train", "", out / "pseudo", dataset="video", flip=flip,
                                    threshold=threshold, progress=progress, clip=None)
-    teacher_json = out / "teacher" / "teacher.json"
-    fps_teacher = json.loads(teacher_json.read_text()) if teacher_json.is_file() else {}
     for info in tqdm(infos, desc="teacher (held out)", disable=not progress):
-        if info["name"] not in fps_teacher:
-            fps_teacher[info["name"]] = predict_folder(teacher, frames_dir / "holdout" / info["name"],
-                                                       out / "teacher" / info["name"])
-            atomic_write(teacher_json, json.dumps(fps_teacher, indent=1))
+        if not (out / "teacher" / info["name"]).is_dir():
+            predict_folder(teacher, frames_dir / "holdout" / info["name"], out / "teacher" / info["name"])
     sizes = [image_size(frames_dir / "train" / i["name"] / "000000.png") for i in infos]
     cfg = TrainConfig(dataset="video", root=str(frames_dir / "train"), split="", model=model,
                       num_classes=teacher.num_classes, class_names=tuple(teacher.classes), scheme=scheme,
@@ -212,10 +232,11 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
     if not report["complete"]:
         return report
     K, classes = teacher.num_classes, list(teacher.classes)
-    cm, tcs, fps_student = torch.zeros(K, K, dtype=torch.int64), {}, {}
+    cm, tcs, fps = torch.zeros(K, K, dtype=torch.int64), {}, {}
     for info in tqdm(infos, desc="student (held out)", disable=not progress):
         name, held = info["name"], frames_dir / "holdout" / info["name"]
-        fps_student[name] = predict_folder(student, held, run / "holdout" / name, backend, device or "cpu")
+        predict_folder(student, held, run / "holdout" / name, backend, device or "cpu")
+        fps[name] = paired_fps({"teacher": teacher, "student": student}, held, backend, device or "cpu")
         lab = lambda d: torch.from_numpy(np.stack([read_label(p) for p in sorted(d.glob("*.png"))]).astype(np.int64))
         cm += confusion_matrix(lab(run / "holdout" / name), lab(out / "teacher" / name), K, ignore_index=None)
         tcs[name] = {who: video_tc(held, labels=d, class_names=classes, flow=flow, cache_dir=out / "flow_cache", progress=False)
@@ -224,9 +245,10 @@ def adapt(teacher, videos, out, model: str = ADAPT_DEFAULTS["model"], scheme: st
     pool = lambda who: float(np.mean([tcs[n][who]["TC"] for n in names]))     # videos weighed alike
     report.update({"mIoU": miou(cm), "per_class_iou": per_class_iou(cm, classes),
                    "TC_teacher": pool("teacher"), "TC_student": pool("student"),
-                   "fps_teacher": mean(fps_teacher), "fps_student": mean(fps_student),
+                   "fps_teacher": mean({n: f["teacher"] for n, f in fps.items()}),
+                   "fps_student": mean({n: f["student"] for n, f in fps.items()}),
                    "per_video": {n: {"TC_teacher": tcs[n]["teacher"]["TC"], "TC_student": tcs[n]["student"]["TC"],
-                                     "fps_teacher": fps_teacher[n], "fps_student": fps_student[n],
+                                     "fps_teacher": fps[n]["teacher"], "fps_student": fps[n]["student"],
                                      "per_pair_tc_teacher": tcs[n]["teacher"]["per_pair_tc"],
                                      "per_pair_tc_student": tcs[n]["student"]["per_pair_tc"]} for n in names}})
     _tc_plot({n: tcs[n] for n in names}, run / "tc.png", f"{teacher.name} teacher vs {model} student ({scheme})")
