@@ -342,7 +342,7 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
               lam: float | None = None, lam_pf: float | None = None, lam_mf: float | None = None,
               lam_sf: float | None = None, teacher_dir="data/cache/teachers", runs_dir="data/cache/runs",
               train_kw: dict | None = None, teacher_kw: dict | None = None, device: str | None = None,
-              pretrain_steps: int | None = None, pretrain_student: bool = True,
+              pretrain_steps: int | None = None, pretrain_student: bool = True, rows=None,
               progress: bool = True) -> pd.DataFrame:
     """Run paper table `table` ('table1', 'table2', 'table3'; see `TABLES`) with the parameters of its papermill
     notebook `nbs/runs/<table>.ipynb` (None: the default of `ablation_base`; `teacher_steps` None: 400, or 80 with
@@ -351,15 +351,22 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
     `pretrain_steps`: first pretrain the backbones of `model` and `teacher_model` that many steps on the
     benchmark's pretrain split (`pretrain_backbone`; `bench` must then ask for one, e.g. `{"n_pretrain": 480}`),
     and start every teacher, and with `pretrain_student` every student, from them; without it the teacher alone
-    has seen the pretrain split, like a teacher trained on extra data)."""
+    has seen the pretrain split, like a teacher trained on extra data). `rows`: None (every row) or the names of
+    the rows to run, e.g. `["baseline", "PL"]` for a study of one effect at other settings."""
     if table not in TABLES:
         raise ValueError(f"table: expected one of {sorted(TABLES)}, got {table!r}")
+    arms = TABLES[table]
+    if rows is not None:
+        names = [a.name for a in arms]
+        if unknown := [r for r in rows if r not in names]:
+            raise ValueError(f"rows: {unknown} are not rows of {table}; its rows: {names}")
+        arms = tuple(a for a in arms if a.name in rows)
     params = dict(out=str(out), dataset=dataset, root=None if root is None else str(root), bench=bench, quick=quick,
                   model=model, teacher_model=teacher_model, crop=crop, steps=steps, teacher_steps=teacher_steps,
                   batch_size=batch_size, seeds=seeds, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
                   teacher_dir=str(teacher_dir), runs_dir=str(runs_dir), train_kw=train_kw or {},
                   teacher_kw=teacher_kw or {}, device=device, pretrain_steps=pretrain_steps,
-                  pretrain_student=pretrain_student)
+                  pretrain_student=pretrain_student, rows=None if rows is None else list(rows))
     base = ablation_base(dataset, root, quick=quick, bench=bench, model=model, crop=crop, steps=steps,
                          batch_size=batch_size, lam=lam, lam_pf=lam_pf, lam_mf=lam_mf, lam_sf=lam_sf,
                          **(train_kw or {}))
@@ -379,6 +386,6 @@ def run_table(table: str, out, dataset: str = "synthetic", root=None, bench: dic
     executed = Path(out) / "runs" / f"{table}.ipynb"
     command = (f"mkdir -p {shlex.quote(str(executed.parent))} && "
                + papermill_command(f"nbs/runs/{table}.ipynb", executed, params))
-    return run_ablation(out, TABLES[table], base, seeds=seeds, teacher_model=teacher_model,
+    return run_ablation(out, arms, base, seeds=seeds, teacher_model=teacher_model,
                         teacher_steps=teacher_steps, teacher_dir=teacher_dir, teacher_kw=teacher_kw, command=command,
                         device=device, runs_dir=runs_dir, progress=progress)

@@ -170,6 +170,15 @@ def test_a_run_another_process_trains_is_left_for_the_end(base, tmp_path):
     assert (folder / "last.pt").stat().st_mtime_ns > tl_ckpt.stat().st_mtime_ns   # trained after TL
 
 
+def test_run_table_runs_the_rows_asked_for(tmp_path, one_thread):
+    kw = dict(root=tmp_path / "bench", teacher_dir=tmp_path / "teachers", runs_dir=tmp_path / "runs", progress=False)
+    df = run_table("table1", tmp_path / "t", rows=["PL", "baseline"], **kw, **PARAMS)
+    assert list(df["row"]) == ["baseline", "PL"]                       # the table's order, not the request's
+    assert """'{"rows": ["PL", "baseline"]}'""" in (tmp_path / "t" / "results.md").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match=r"rows: \['Pl'\] are not rows of table1"):
+        run_table("table1", tmp_path / "u", rows=["Pl"], **kw, **PARAMS)
+
+
 def test_teachers_of_other_settings_are_kept_apart(base, tmp_path):
     arms = (Arm("teacher", "baseline", role="teacher"),)
     kw = dict(seeds=1, teacher_model=SMALL, teacher_dir=tmp_path / "t", progress=False)
