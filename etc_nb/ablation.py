@@ -276,8 +276,8 @@ def run_ablation(out, arms, base: TrainConfig, seeds: int = 3, teacher_model: st
     once per teacher scheme and cached under `teacher_dir` (default `out/runs/teachers`); students train in
     `run_folder(config, runs_dir)` (default `out/runs`): tables given the same `runs_dir` share their identical
     runs. Resumable: finished runs are re-evaluated, not retrained. Parallel: copies of the same call in other
-processes share the work (a run another one is training is left for the end, and every run is trained once). `device`: where to train,
-    pseudo-label and evaluate (`etc_nb.train.train`'s default: the CPU). Returns the results
+    processes share the work (a run another one is training is left for the end, and every run is trained once).
+    `device`: where to train, pseudo-label and evaluate (`etc_nb.train.train`'s default: the CPU). Returns the results
     table (one row per run)."""
     arms, out = check_arms(arms), Path(out)
     if not isinstance(seeds, int) or seeds < 1:

@@ -105,11 +105,10 @@ def predict_folder(model, frames_dir, labels_dir, backend: str = "auto", device:
 
 
 def paired_fps(models: dict, frames_dir, backend: str = "auto", device: str = "cpu") -> dict:
-    """Frames per second of each of `models` (`{name: network, Teacher or Predictor}`) on the frames of `frames_dir`, timed
-    alternately frame by frame (all see the same machine load): one over the median time of the `labels` calls
-    after each one's first. `backend`, `device`: how networks run (a teacher or a `Predictor`, anything with
-    `labels(frame)`, runs as it is). Needs at least
-    2 frames."""
+    """Frames per second of each of `models` (`{name: network, Teacher or Predictor}`) on the frames of
+    `frames_dir`, timed alternately frame by frame (all see the same machine load): one over the median time of
+    the `labels` calls after each one's first. `backend`, `device`: how networks run (a teacher or a `Predictor`,
+    anything with `labels(frame)`, runs as it is). Needs at least 2 frames."""
     frames, count, _ = open_frames(frames_dir)
     if count < 2:
         raise ValueError(f"{frames_dir}: paired_fps needs at least 2 frames, found {count}")
