@@ -150,14 +150,17 @@ def ablation_base(dataset: str = "synthetic", root=None, quick: bool = False, be
 def teacher_config(base: TrainConfig, scheme: str, model: str, steps: int,
                    overrides: dict | None = None) -> TrainConfig:
     """The config of the teacher trained with `scheme`: `base` with `model`, `steps`, seed 0, no teacher of its
-    own, and `overrides` (`TrainConfig` fields of the teacher only, e.g. its backbone's `pretrained` file)."""
+    own, none of the student's `model_kw`, and `overrides` (`TrainConfig` fields of the teacher only, e.g. its backbone's `pretrained` file)."""
     return replace(base, model=model, scheme=scheme, steps=steps, seed=0, teacher=None, pseudo_root=None,
-                   **_fields(overrides or {}))
+                   model_kw=None, **_fields(overrides or {}))
 
 def run_folder(cfg: TrainConfig, parent) -> Path:
     """Folder of the run trained with `cfg`: `parent/<model>_<scheme>_<10 hex digits of the whole config>`, so
     that tables asking for the same run (the same config, seed and teacher included) share one training."""
-    digest = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    d = asdict(cfg)
+    if d["model_kw"] is None:       # configs without model_kw keep the folders they had before the field existed
+        del d["model_kw"]
+    digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return Path(parent) / f"{cfg.model}_{cfg.scheme}_{digest}"
 
 def teacher_pseudo_labels(ckpt, cfg: TrainConfig, progress: bool = True, device=None) -> Path:
@@ -181,7 +184,8 @@ def pretrain_backbone(base: TrainConfig, model: str, steps: int, out_dir, batch_
     backbone's state dict (torchvision names, the prefix `backbone.` removed) beside the checkpoint as
     `backbone.pth`, once. Returns that file, for `TrainConfig(pretrained=...)`."""
     cfg = replace(base, model=model, scheme="baseline", split="pretrain", steps=steps, seed=0, teacher=None,
-                  pseudo_root=None, pretrained=None, batch_size=batch_size or base.batch_size)
+                  pseudo_root=None, pretrained=None, batch_size=batch_size or base.batch_size,
+                  model_kw=base.model_kw if model == base.model else None)
     ckpt = train(cfg, run_folder(cfg, out_dir), progress=progress, device=device)
     path = ckpt.parent / "backbone.pth"
     if not path.is_file():

@@ -37,7 +37,7 @@ def load_checkpoint(path, model_name: str | None = None, num_classes: int | None
     for want, have, what in ((model_name, cfg.model, "model"), (num_classes, cfg.num_classes, "num_classes")):
         if want is not None and want != have:
             raise ValueError(f"{path}: checkpoint is for {what}={have!r}, expected {want!r}")
-    model = create_model(cfg.model, num_classes=cfg.num_classes, classes=cfg.classes)
+    model = create_model(cfg.model, num_classes=cfg.num_classes, classes=cfg.classes, **(cfg.model_kw or {}))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:                   # torch's message is a page of keys and shapes: keep its first lines

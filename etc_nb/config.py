@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from dataclasses import dataclass, fields
 
@@ -50,6 +51,7 @@ class TrainConfig:
     root: str = "data/synthetic"        # the dataset's folder, in its official layout
     split: str = "train"                # the split trained on (VideoMatting has only 'test'; `video` ignores it)
     model: str = "pspnet18"             # any `etc_nb.models.create_model` name
+    model_kw: dict | None = None        # keyword arguments of the model's constructor, e.g. SOLOv2's {"num_grids": [20, 18, 12, 8, 6]}
     num_classes: int = 19               # must equal the dataset's class count when it has a class list
     class_names: tuple[str, ...] | None = None  # names of the classes, index = id (None: the dataset's)
     pretrained: str | None = None       # local torchvision ImageNet checkpoint for the backbone
@@ -88,6 +90,11 @@ class TrainConfig:
         for f in fields(self):
             if isinstance(getattr(self, f.name), list):
                 setattr(self, f.name, tuple(getattr(self, f.name)))
+        if self.model_kw is not None:
+            if not isinstance(self.model_kw, dict):
+                raise ValueError(f"model_kw: expected a dict of constructor arguments or None, got {self.model_kw!r}")
+            # its json form (tuples as lists), so that it compares equal to the copy a checkpoint keeps
+            self.model_kw = json.loads(json.dumps(self.model_kw))
         terms = parse_scheme(self.scheme)
         if self.random_gap and "rs" not in terms:
             raise ValueError(f"random_gap=True but scheme {self.scheme!r} has no 'rs': random gaps are the scheme "

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from .config import NEIGHBOUR_TERMS, TrainConfig
 from .data import get_dataset
 from .data.augment import VideoAugment
+from .models import model_task
 
 # %% auto #0
 __all__ = ['batch_keys', 'training_set', 'collate', 'StepBatches', 'default_workers', 'check_workers', 'training_loader']
@@ -42,10 +43,12 @@ def training_set(cfg: TrainConfig):
                          flow=cfg.flow if "tl" in terms and not cfg.flow.startswith("raft") else None, **kw)
     else:
         ds = get_dataset(cfg.dataset, cfg.root, cfg.split, mode="frame", **kw)
-    k = getattr(ds, "num_classes", 0)
+    k, names, what = getattr(ds, "num_classes", 0), tuple(getattr(ds, "classes", ())), "classes"
+    if k and model_task(cfg.model) == "instances":
+        k, names, what = k - 1, names[1:], "categories"     # an instance model's classes: no background
     if k and k != cfg.num_classes:
-        raise ValueError(f"num_classes={cfg.num_classes}, but dataset {cfg.dataset!r} at {cfg.root} has {k} classes "
-                         f"{tuple(getattr(ds, 'classes', ()))}; set num_classes={k}")
+        raise ValueError(f"num_classes={cfg.num_classes}, but dataset {cfg.dataset!r} at {cfg.root} has {k} {what} "
+                         f"{names}; set num_classes={k}")
     labelled = set(ds.label_paths) | set(getattr(ds, "pseudo_paths", {}))
     if not labelled:
         raise ValueError(f"dataset {cfg.dataset!r} at {cfg.root} has no labels in split {cfg.split!r}: "
@@ -56,8 +59,9 @@ def training_set(cfg: TrainConfig):
 
 # %% ../nbs/05c_loader.ipynb #n22e23d
 def collate(items: list[dict]) -> dict:
-    "Stack the training fields (`image`, `label`, `frames`, `flows`) of `items` into a batch."
-    return {k: torch.stack([it[k] for it in items]) for k in ("image", "label", "frames", "flows") if k in items[0]}
+    "Stack the training fields (`image`, `label`, `instances`, `frames`, `flows`) of `items` into a batch."
+    return {k: torch.stack([it[k] for it in items]) for k in ("image", "label", "instances", "frames", "flows")
+            if k in items[0]}
 
 # %% ../nbs/05c_loader.ipynb #naa00e4
 class StepBatches(Sampler):

@@ -30,15 +30,22 @@ from .io import atomic_write, load_torch
 from .loader import check_workers, training_loader, training_set
 from .losses import MFDistill
 from .models import create_model
+from .instance_objective import instance_training_loss
+from .models import model_task
 from .objective import training_loss
 
 # %% auto #0
-__all__ = ['poly_lr', 'TrainState', 'train']
+__all__ = ['poly_lr', 'objective', 'TrainState', 'train']
 
 # %% ../nbs/05_train.ipynb #c015
 def poly_lr(base_lr: float, step: int, steps: int, power: float = 0.9) -> float:
     "Poly learning-rate schedule: `base_lr * (1 - step/steps)**power`."
     return base_lr * (1 - step / steps) ** power
+
+# %% ../nbs/05_train.ipynb #nobj02
+def objective(cfg: TrainConfig):
+    "The loss of one training step of `cfg`'s model: `instance_training_loss` for instance models, else `training_loss`."
+    return instance_training_loss if model_task(cfg.model) == "instances" else training_loss
 
 # %% ../nbs/05_train.ipynb #c038
 class _Replica(nn.Module):
@@ -50,7 +57,7 @@ class _Replica(nn.Module):
         vars(self)["teacher"], self.flow_net = teacher, flow_net   # a plain attribute, not a submodule
 
     def forward(self, batch: dict) -> dict:
-        return training_loss(self.model, batch, self.cfg, teacher=self.teacher, mf=self.mf, shard=self.shard,
+        return objective(self.cfg)(self.model, batch, self.cfg, teacher=self.teacher, mf=self.mf, shard=self.shard,
                              flow_net=self.flow_net)
 
 # %% ../nbs/05_train.ipynb #c040
@@ -84,7 +91,8 @@ class TrainState:
         channels_last = device.type == "cuda" if channels_last is None else channels_last
         teacher = load_teacher(cfg.teacher, cfg.num_classes) if cfg.terms & DISTILL_TERMS else None
         torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained).train()
+        model = create_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained,
+                             **(cfg.model_kw or {})).train()
         mf = MFDistill(pool=cfg.mf_pool) if "mf" in cfg.terms else None
         if shard[1] > 1:
             model = sync_batchnorm(model, device)
@@ -113,7 +121,7 @@ class TrainState:
             batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v
                      for k, v in batch.items()}
         if self.ddp is None:
-            losses = training_loss(self.net, batch, self.cfg, teacher=self.teacher, mf=self.mf, flow_net=self.flow_net)
+            losses = objective(self.cfg)(self.net, batch, self.cfg, teacher=self.teacher, mf=self.mf, flow_net=self.flow_net)
         else:
             losses = self.ddp(batch)
         finite = torch.isfinite(losses["loss"].detach()).float()

@@ -10,7 +10,7 @@ import importlib
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['MODELS', 'list_models', 'default_classes', 'create_model', 'count_params']
+__all__ = ['MODELS', 'INSTANCE_MODELS', 'TASKS', 'list_models', 'model_task', 'default_classes', 'create_model', 'count_params']
 
 # %% ../../nbs/models/00_registry.ipynb #c005
 MODELS = {
@@ -24,10 +24,25 @@ MODELS = {
     "espnetv2": "etc_nb.models.espnetv2:espnetv2",        # ESPNetv2 (Mehta et al. 2019)
     "fchardnet70": "etc_nb.models.hardnet:fchardnet70",   # FC-HarDNet-70 (Chao et al. 2019)
 }
+# per-frame instance segmentation (paper Section V): per-image instance masks instead of per-pixel logits
+INSTANCE_MODELS = {
+    "solov2_light_r18": "etc_nb.models.solov2:solov2_light_r18",   # the compact per-frame student
+    "solov2_r50": "etc_nb.models.solov2:solov2_r50",
+}
+TASKS = ("semantic", "instances")
 
-def list_models() -> list[str]:
-    "Names accepted by `create_model`, sorted."
-    return sorted(MODELS)
+def list_models(task: str | None = "semantic") -> list[str]:
+    """Names accepted by `create_model` for `task`, sorted: 'semantic' (per-pixel `logits`, the default: what the
+    segmentation tools take), 'instances' (`INSTANCE_MODELS`) or None (all)."""
+    if task not in (*TASKS, None):
+        raise ValueError(f"task: expected one of {', '.join(TASKS)} or None, got {task!r}")
+    return sorted({"semantic": MODELS, "instances": INSTANCE_MODELS, None: {**MODELS, **INSTANCE_MODELS}}[task])
+
+def model_task(name: str) -> str:
+    "The task of registry model `name`: 'instances' for the `INSTANCE_MODELS`, else 'semantic'."
+    if name not in MODELS and name not in INSTANCE_MODELS:
+        raise ValueError(f"model {name!r} unknown; available: {', '.join(list_models(None))}")
+    return "instances" if name in INSTANCE_MODELS else "semantic"
 
 def default_classes(num_classes: int) -> tuple[str, ...]:
     "Names of `num_classes` classes that no dataset names: Cityscapes' 19 trainIds for 19 (the library's default count), else 'class 0', 'class 1', …"
@@ -43,14 +58,13 @@ def create_model(name: str, num_classes: int = 19, pretrained=None, classes=None
     of its classes (index = class id; default `default_classes`), kept as `model.classes` for overlays,
     legends and per-class tables.
 
-    The model maps `(B,3,H,W)` to a dict: `logits` `(B,num_classes,h,w)` at the model's `output_stride`
+    A semantic model maps `(B,3,H,W)` to a dict: `logits` `(B,num_classes,h,w)` at the model's `output_stride`
     (8 for the PSPNets), `feat` (last-block features) and, in training mode, `aux` (models with auxiliary
-    heads)."""
-    if name not in MODELS:
-        raise ValueError(f"model {name!r} unknown; available: {', '.join(list_models())}")
+    heads). An instance model (`model_task(name) == 'instances'`; `num_classes` object categories, no
+    background) returns in eval mode per image `{"masks", "scores", "labels"}` (see `etc_nb.models.solov2`)."""
+    module, fn = (MODELS if model_task(name) == "semantic" else INSTANCE_MODELS)[name].split(":")
     if classes is not None and len(classes) != num_classes:
         raise ValueError(f"classes: expected {num_classes} names (num_classes), got {len(classes)}")
-    module, fn = MODELS[name].split(":")
     net = getattr(importlib.import_module(module), fn)(num_classes=num_classes, pretrained=pretrained, **kw)
     net.classes = tuple(classes) if classes is not None else default_classes(num_classes)
     return net
