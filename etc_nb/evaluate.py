@@ -21,7 +21,7 @@ from .report import markdown_table
 
 # %% auto #0
 __all__ = ['METRICS', 'DEFAULT_METRICS', 'predict', 'predict_sequence', 'sequence_predictions', 'default_flows', 'select_metrics',
-           'evaluate', 'evaluation_table', 'evaluation_markdown']
+           'backward_flows', 'evaluate', 'evaluation_table', 'evaluation_markdown']
 
 # %% ../nbs/06_evaluate.ipynb #c005
 @torch.inference_mode()
@@ -87,7 +87,7 @@ def _labelled_runs(labelled: torch.Tensor) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges[::2], edges[1::2])]             # starts (+1) and ends (-1) alternate
 
 # %% ../nbs/06_evaluate.ipynb #nbwd01
-def _backward_flows(ds, key) -> torch.Tensor:
+def backward_flows(ds, key) -> torch.Tensor:
     "Flows `(T-1,2,H,W)` of snippet `key` of `ds` (a reader with a flow source), `[t]` from frame t+1 back to frame t."
     nums = sorted(ds.snippets[key])
     return torch.stack([torch.from_numpy(ds.flow(key, b, a)).permute(2, 0, 1) for a, b in zip(nums[:-1], nums[1:])])
@@ -146,7 +146,7 @@ def evaluate(model, root, split: str = "val", dataset: str = "synthetic", num_cl
             if "TC" in metrics:
                 tcs[src].append(temporal_consistency(preds, fw, num_classes))
             if src == warp_src:
-                e_warp.append(warping_error(preds, fw, num_classes=num_classes, flows_bw=_backward_flows(fds, key)))
+                e_warp.append(warping_error(preds, fw, num_classes=num_classes, flows_bw=backward_flows(fds, key)))
         for n, w in windows.items():
             w += [vc_windows(preds[r], labels[r], n, num_classes) for r in _labelled_runs(lab) if r.stop - r.start > n]
         if "Tsb" in metrics:
