@@ -36,6 +36,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 # %% ../nbs/09_cli.ipynb #c007
+def _json_dict(text: str) -> dict:
+    "`--model-kw`'s value: a JSON object, e.g. '{\"num_grids\": [12, 10, 8, 6, 4]}'."
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}); expected an object such as '{{\"num_grids\": [12, 10]}}'")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of constructor arguments, got {text!r}")
+    return value
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     "One option per TrainConfig field (scalars; `--crop HxW`), defaults and help (the field's comment) from TrainConfig."
     docs = field_help()
@@ -45,6 +55,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(opt, type=parse_size, default=default, help=doc, metavar="HxW")
         elif f.name == "class_names":
             p.add_argument(opt, type=lambda s: tuple(s.split(",")), default=default, help=doc, metavar="A,B,...")
+        elif f.name == "model_kw":
+            p.add_argument(opt, type=_json_dict, default=default, help=doc, metavar="JSON")
         elif f.name == "scale":
             p.add_argument(opt, type=float, nargs=2, default=default, help=doc, metavar=("MIN", "MAX"))
         elif isinstance(default, bool):
@@ -79,15 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="generate the embedded synthetic video benchmark", **fmt)
     bench = DEMO_SETTINGS["full"]["bench"]           # defaults: the benchmark `make demo` uses
-    s.add_argument("--root", default="data/synthetic", help="folder to write it to (Cityscapes layout)")
+    s.add_argument("--root", default="data/synthetic", help="folder to write it to (in the --layout)")
     s.add_argument("--seed", type=int, default=0, help="seed of every snippet (the output is a function of it)")
-    s.add_argument("--n-train", type=int, default=bench["n_train"], help="training snippets (one labelled frame each)")
+    s.add_argument("--n-train", type=int, default=bench["n_train"],
+                   help="training snippets (one labelled frame each; every frame in --layout ytvis)")
     s.add_argument("--n-val", type=int, default=bench["n_val"], help="validation snippets (every frame labelled)")
     s.add_argument("--frames", type=int, default=bench["frames"], help="frames per snippet")
     s.add_argument("--size", type=parse_size, default=bench["size"], metavar="HxW", help="frame size in pixels")
     s.add_argument("--nuisance", type=float, default=1.0, help="strength of the per-frame nuisances (0: clean)")
     s.add_argument("--n-pretrain", type=int, default=0,
                    help="snippets of the pretrain split (every frame labelled; backbone pretraining)")
+    s.add_argument("--layout", choices=("cityscapes", "ytvis"), default="cityscapes",
+                   help="cityscapes: semantic labels and exact flows, read as get_dataset('synthetic'); "
+                        "ytvis: other videos, their person and car instances in the YouTube-VIS 2019 layout "
+                        "(train/valid, both annotated), read as get_dataset('ytvis')")
     s.set_defaults(func=_cmd_synth)
     t = sub.add_parser("train", help="train one scheme (resumes from OUT/last.pt)", **fmt)
     t.add_argument("--out", required=True, help="run folder: last.pt, config.json, train_log.csv")
@@ -238,10 +255,17 @@ def run(args: argparse.Namespace) -> None:
     args.func(args)
 
 def _cmd_synth(args):
-    "`etc-nb synth`: write the benchmark."
-    from etc_nb.data.synthetic import generate_benchmark
-    root = generate_benchmark(args.root, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
-                              frames=args.frames, size=args.size, nuisance=args.nuisance, n_pretrain=args.n_pretrain)
+    "`etc-nb synth`: write the benchmark in `--layout`."
+    if args.layout == "ytvis":
+        if args.n_pretrain:
+            raise ValueError("--n-pretrain: the ytvis layout has no pretrain split; use it with --layout cityscapes")
+        from etc_nb.data.synthetic_vis import write_ytvis_benchmark
+        root = write_ytvis_benchmark(args.root, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                                     frames=args.frames, size=args.size, nuisance=args.nuisance)
+    else:
+        from etc_nb.data.synthetic import generate_benchmark
+        root = generate_benchmark(args.root, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                                  frames=args.frames, size=args.size, nuisance=args.nuisance, n_pretrain=args.n_pretrain)
     print(f"benchmark ready in {root}")
 
 def _cmd_train(args):

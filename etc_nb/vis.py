@@ -5,22 +5,31 @@
 # %% ../nbs/25_vis.ipynb #c003
 from __future__ import annotations
 
+import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
 from .data import get_dataset
 from .evaluate import backward_flows
+from .io import atomic_write
 from .metrics import mean_tc, temporal_consistency
+from .models import list_models, model_task
+from .report import markdown_table, summarize
+from .train import train
 from .tracking import track_video, tracks_to_ytvis, write_ytvis_results
 from .vis_eval import evaluate_ytvis
 
 # %% auto #0
-__all__ = ['predict_instances', 'category_map', 'evaluate_vis']
+__all__ = ['VIS_COLUMNS', 'predict_instances', 'category_map', 'evaluate_vis', 'vis_table']
 
 # %% ../nbs/25_vis.ipynb #c006
 @torch.inference_mode()
@@ -97,3 +106,68 @@ def evaluate_vis(model, root, split: str = "valid", flow: str = "dis", threshold
     return {**evaluate_ytvis(gt_path, results), "TC": mean_tc(tcs) if tcs else float("nan"),
             "fps": float(len(sec) / max(sec.sum(), 1e-9)), "latency_ms": float(np.median(sec) * 1e3) if len(sec) else float("nan"),
             "n_videos": len(ds), "n_frames": int(len(sec)), "results": results}
+
+# %% ../nbs/25_vis.ipynb #t001
+VIS_COLUMNS = ("AP", "AP50", "AP75", "AR1", "AR10", "TC")
+
+def _plot_vis(df: pd.DataFrame, path) -> None:
+    "Per scheme, mean AP and TC as bars with their seeds as dots; written atomically to `path` (png)."
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    schemes = list(dict.fromkeys(df["scheme"]))
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    for ax, col in zip(axes, ("AP", "TC")):
+        g = df.groupby("scheme", sort=False)[col]
+        ax.bar(schemes, g.mean(), yerr=g.std(ddof=0), color="#9ecae1", capsize=4)
+        for i, sc in enumerate(schemes):
+            v = df.loc[df["scheme"] == sc, col]
+            ax.plot([i] * len(v), v, "o", color="#08519c", ms=4)
+        ax.set_title(f"{col} (%)"), ax.set_xlabel("scheme")
+    fig.suptitle(f"{df['model'].iloc[0]}: mean ± std over seeds (dots: seeds)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+def vis_table(base: TrainConfig, out, schemes=("baseline", "tl"), seeds: int = 3, eval_root=None,
+              eval_split: str = "valid", flow: str = "dis", device=None, progress: bool = True,
+              command: str | None = None) -> pd.DataFrame:
+    """Train the instance model of `base` with each of `schemes` and seeds `0..seeds-1` (`base` with that scheme and
+    seed) on `device` (default the CPU), evaluate each with `evaluate_vis` on `eval_root` (default `base.root`) /
+    `eval_split` with `flow`, and write `out/results.csv` (one row per scheme × seed: `scheme, seed, AP, AP50, AP75,
+    AR1, AR10, TC`, then `fps, latency_ms, train_s, steps, model`), `out/results.md` (mean ± std per scheme, headed
+    by `command`, the command line that ran it) and `out/results.png`. Returns the results table."""
+    if seeds < 1:
+        raise ValueError(f"seeds: expected the number of seeds per scheme (>= 1), got {seeds!r}")
+    if model_task(base.model) != "instances":
+        raise ValueError(f"base.model={base.model!r} is a semantic model; vis_table trains instance models: "
+                         f"{', '.join(list_models('instances'))}")
+    out, rows = Path(out), []
+    for seed in range(seeds):
+        for scheme in schemes:
+            cfg = replace(base, scheme=scheme, seed=seed, random_gap=False)
+            run = out / "runs" / f"{scheme}_seed{seed}"
+            ckpt = train(cfg, run, progress=progress, device=device)
+            scores = run / "vis_eval.json"
+            if not scores.is_file() or json.loads(scores.read_text()).get("checkpoint_step") != cfg.steps:
+                model, meta = load_checkpoint(ckpt)
+                res = evaluate_vis(model.to(device or "cpu"), eval_root or cfg.root, eval_split, flow, progress=progress)
+                res = {k: v for k, v in res.items() if k != "results"}
+                atomic_write(scores, json.dumps({**res, "checkpoint_step": meta["step"],
+                                                 "train_s": meta["history"][-1]["seconds"]}, indent=1))
+            res = json.loads(scores.read_text())
+            rows.append({"scheme": scheme, "seed": seed, **{k: res[k] for k in VIS_COLUMNS}, "fps": res["fps"],
+                         "latency_ms": res["latency_ms"], "train_s": res["train_s"], "steps": cfg.steps,
+                         "model": cfg.model})
+            df = pd.DataFrame(rows)
+            atomic_write(out / "results.csv", df.to_csv(index=False))
+    head = (f"Produced by `{command}`.\n\n" if command else "") + (
+        f"`{base.model}` ({base.model_kw or 'release settings'}) on `{base.dataset}` at `{base.root}`: {base.steps} steps, "
+        f"batch {base.batch_size}, crop {base.crop}, lr {base.lr}, λ {base.lam}, TL flow {base.flow}; evaluated on "
+        f"`{eval_root or base.root}` / `{eval_split}` with {flow} flow (tracking and TC). Mean ± std (population) over "
+        f"seeds; AP/AR: YouTube-VIS 2019 metrics in percent; TC: of the category map, percent.\n\n")
+    atomic_write(out / "results.md", head + markdown_table(summarize(df, (*VIS_COLUMNS, "latency_ms", "train_s"))) + "\n")
+    _plot_vis(df, out / "results.png")
+    return df
