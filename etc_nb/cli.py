@@ -57,6 +57,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(opt, type=lambda s: tuple(s.split(",")), default=default, help=doc, metavar="A,B,...")
         elif f.name == "model_kw":
             p.add_argument(opt, type=_json_dict, default=default, help=doc, metavar="JSON")
+        elif f.name == "lr_milestones":
+            p.add_argument(opt, type=float, nargs="+", default=default, help=doc, metavar="FRACTION")
         elif f.name == "scale":
             p.add_argument(opt, type=float, nargs=2, default=default, help=doc, metavar=("MIN", "MAX"))
         elif isinstance(default, bool):

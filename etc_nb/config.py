@@ -64,6 +64,7 @@ class TrainConfig:
     momentum: float = 0.9               # SGD momentum
     weight_decay: float = 1e-4          # SGD weight decay (L2)
     poly_power: float = 0.9             # exponent of the poly learning-rate schedule
+    lr_milestones: tuple[float, ...] | None = None  # a step schedule instead of poly: lr ×0.1 at each of these fractions of `steps`
     aux_weight: float = 0.4             # weight of each auxiliary head's CE
     crop: tuple[int, int] | None = (64, 106)    # training crop HxW in pixels (None: whole frames)
     scale: tuple[float, float] = (0.75, 1.5)    # random rescaling range of the training items
@@ -119,6 +120,10 @@ class TrainConfig:
             raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.flow not in FLOW_SOURCES:
             raise ValueError(f"flow: expected one of {', '.join(FLOW_SOURCES)}, got {self.flow!r}")
+        if self.lr_milestones is not None and not (
+                all(0 < m < 1 for m in self.lr_milestones) and list(self.lr_milestones) == sorted(self.lr_milestones)):
+            raise ValueError(f"lr_milestones: expected increasing fractions of the steps in (0, 1), e.g. (0.67, 0.92); "
+                             f"got {self.lr_milestones!r}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names: expected {self.num_classes} names (num_classes), got {len(self.class_names)}")
 

@@ -35,12 +35,19 @@ from .models import model_task
 from .objective import training_loss
 
 # %% auto #0
-__all__ = ['poly_lr', 'objective', 'TrainState', 'train']
+__all__ = ['poly_lr', 'learning_rate', 'objective', 'TrainState', 'train']
 
 # %% ../nbs/05_train.ipynb #c015
 def poly_lr(base_lr: float, step: int, steps: int, power: float = 0.9) -> float:
     "Poly learning-rate schedule: `base_lr * (1 - step/steps)**power`."
     return base_lr * (1 - step / steps) ** power
+
+# %% ../nbs/05_train.ipynb #nlr002
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    "The learning rate of step `step` of `cfg`: `poly_lr`, or with `cfg.lr_milestones` `lr × 0.1` per milestone passed."
+    if cfg.lr_milestones:
+        return cfg.lr * 0.1 ** sum(step >= m * cfg.steps for m in cfg.lr_milestones)
+    return poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
 
 # %% ../nbs/05_train.ipynb #nobj02
 def objective(cfg: TrainConfig):
@@ -238,7 +245,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
                 batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
                 t_compute = time.perf_counter()
                 for g in state.opt.param_groups:
-                    g["lr"] = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
+                    g["lr"] = learning_rate(cfg, step)
                 try:
                     try:
                         losses = state.step(batch)  # its .tolist() waits for the device: compute_s is the step's
@@ -250,7 +257,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = True, stop_after: int | None
                     step += 1
                     if step % steps_per_epoch == 0 or step == cfg.steps:
                         row = {"epoch": math.ceil(step / steps_per_epoch), "step": step,
-                               "lr": poly_lr(cfg.lr, step - 1, cfg.steps, cfg.poly_power), "seconds": elapsed + time.time() - t0}
+                               "lr": learning_rate(cfg, step - 1), "seconds": elapsed + time.time() - t0}
                         row.update({k: float(np.mean([r[k] for r in running])) for k in running[0]})
                         history.append(row); running = []
                     if step % cfg.ckpt_every == 0 or step == end:

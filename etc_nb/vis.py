@@ -133,12 +133,13 @@ def _plot_vis(df: pd.DataFrame, path) -> None:
 
 def vis_table(base: TrainConfig, out, schemes=("baseline", "tl"), seeds: int = 3, eval_root=None,
               eval_split: str = "valid", flow: str = "dis", device=None, progress: bool = True,
-              command: str | None = None) -> pd.DataFrame:
+              command: str | None = None, workers: int | None = None) -> pd.DataFrame:
     """Train the instance model of `base` with each of `schemes` and seeds `0..seeds-1` (`base` with that scheme and
     seed) on `device` (default the CPU), evaluate each with `evaluate_vis` on `eval_root` (default `base.root`) /
     `eval_split` with `flow`, and write `out/results.csv` (one row per scheme × seed: `scheme, seed, AP, AP50, AP75,
     AR1, AR10, TC`, then `fps, latency_ms, train_s, steps, model`), `out/results.md` (mean ± std per scheme, headed
-    by `command`, the command line that ran it) and `out/results.png`. Returns the results table."""
+    by `command`, the command line that ran it) and `out/results.png`. `workers`: the DataLoader workers of training
+    (`etc_nb.train.train`). Returns the results table."""
     if seeds < 1:
         raise ValueError(f"seeds: expected the number of seeds per scheme (>= 1), got {seeds!r}")
     if model_task(base.model) != "instances":
@@ -149,7 +150,7 @@ def vis_table(base: TrainConfig, out, schemes=("baseline", "tl"), seeds: int = 3
         for scheme in schemes:
             cfg = replace(base, scheme=scheme, seed=seed, random_gap=False)
             run = out / "runs" / f"{scheme}_seed{seed}"
-            ckpt = train(cfg, run, progress=progress, device=device)
+            ckpt = train(cfg, run, progress=progress, device=device, workers=workers)
             scores = run / "vis_eval.json"
             if not scores.is_file() or json.loads(scores.read_text()).get("checkpoint_step") != cfg.steps:
                 model, meta = load_checkpoint(ckpt)
