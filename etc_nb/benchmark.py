@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .data import get_dataset
 from .evaluate import evaluate, predict
 from .infer import AUTO_EXCLUDED, BACKENDS, Predictor, available_backends, load_model
 from .io import atomic_write
-from .models import count_params, create_model, list_models
+from .models import count_params, create_model, list_models, model_task
 from .quantize import calibration_frames, evenly_spaced
 from .report import markdown_table
 
@@ -35,10 +36,12 @@ PAPER_TABLE_V = {   # name: (#Params column in M as printed, fps on a GTX 1080Ti
 }
 
 def gflops(model: torch.nn.Module, size: tuple[int, int]) -> float:
-    "GFLOPs (multiply-add = 2 FLOPs) of one eval-mode forward pass of `model` on a `(1,3,*size)` input."
+    """GFLOPs (multiply-add = 2 FLOPs) of one eval-mode forward pass of `model` on a `(1,3,*size)` input; of an
+    instance model (with a `raw` method, SOLOv2), the network's, without the post-processing whose cost depends
+    on how many instances the weights find."""
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model.eval()(torch.zeros(1, 3, *size))
+        getattr(model.eval(), "raw", model)(torch.zeros(1, 3, *size))
     return counter.get_total_flops() / 1e9
 
 # %% ../nbs/12_benchmark.ipynb #c009
@@ -47,17 +50,39 @@ def _latency_stats(times: list[float], prefix: str) -> dict:
     p50, p95, p99 = np.percentile(np.array(times) * 1000, [50, 95, 99])
     return {f"p50_{prefix}_ms": p50, f"p95_{prefix}_ms": p95, f"p99_{prefix}_ms": p99, f"fps_{prefix}": 1000 / p50}
 
+def _instance_row(name: str, size, device: str, runs: int, warmup: int, num_classes: int, seed: int, checkpoint) -> dict:
+    "`benchmark_model`'s row of an instance model: eager only (its per-image instance lists are not exported), post-processing included."
+    torch.manual_seed(seed)
+    model = (load_model(checkpoint, name) if checkpoint else create_model(name, num_classes=num_classes)).eval().to(device)
+    row = {"model": name, "weights": str(checkpoint) if checkpoint else "random",
+           "params_M": count_params(model) / 1e6, "gflops": gflops(model, size)}
+    x, times = torch.randn(1, 3, *size, device=device), []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            model(x)                    # the instance lists are on the device: their sizes synchronise with it
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    row.update(_latency_stats(times, "eager"))
+    return row | {"auto": "eager", "fps_auto": row["fps_eager"], "speedup_auto": 1.0}
+
 def benchmark_model(name: str, size: tuple[int, int] = (512, 1024), device: str = "cpu", runs: int = 10,
-                    warmup: int = 2, num_classes: int = 19, backends=None, seed: int = 0, checkpoint=None,
+                    warmup: int = 2, num_classes: int | None = None, backends=None, seed: int = 0, checkpoint=None,
                     frames=None) -> dict:
     """Benchmark the registry model `name` (random weights, or the `train` `checkpoint` of it) on one
     `(1,3,*size)` frame on `device` with each of `backends` (None: `available_backends(device)`): a dict with
     `model`, `weights`, `params_M`, `gflops`, per backend `b` its latency percentiles `p50_b_ms`… , `fps_b`,
     `agree_b` (or `error_b`), and `auto`, `fps_auto`, `speedup_auto`, `agree_auto` (and `speedup_int8` when
     INT8 ran). The frame: random noise, or with `frames` (a video or a folder of images) the first of them,
-    resized; INT8 is calibrated on 4 random frames or on 4 of `frames`."""
+    resized; INT8 is calibrated on 4 random frames or on 4 of `frames`. `num_classes` (None: 19, Cityscapes', or for
+    an instance model 80, COCO's, as its published counts) sizes random weights.
+
+    An instance model (`list_models("instances")`, SOLOv2) is timed eagerly only, post-processing (Matrix NMS)
+    included, on random noise (`backends` and `frames` do not apply): `auto` is then `eager`."""
+    if model_task(name) == "instances":
+        return _instance_row(name, size, device, runs, warmup, num_classes or 80, seed, checkpoint)
     torch.manual_seed(seed)
-    model = (load_model(checkpoint, name) if checkpoint else create_model(name, num_classes=num_classes)).eval()
+    model = (load_model(checkpoint, name) if checkpoint else create_model(name, num_classes=num_classes or 19)).eval()
     row = {"model": name, "weights": str(checkpoint) if checkpoint else "random",
            "params_M": count_params(model) / 1e6, "gflops": gflops(model, size)}
     backends = available_backends(device) if backends is None else list(backends)
@@ -113,10 +138,10 @@ def benchmark(models=None, size: tuple[int, int] = (512, 1024), device: str = "c
     Table V figures beside them and the machine (`machine_fingerprint`) in every row. `checkpoints`: model name →
     `train` checkpoint, for models to time with trained weights (their agreement then means something). With `out`, writes
     `out/benchmark.csv` and `out/benchmark.md` (whose first line names the CPU and its instruction sets)."""
-    models = list_models() if models is None else list(models)
-    unknown = sorted(set(models) - set(list_models()))
+    models = list_models(None) if models is None else list(models)
+    unknown = sorted(set(models) - set(list_models(None)))
     if unknown:
-        raise ValueError(f"models: unknown {', '.join(unknown)}; available: {', '.join(list_models())}")
+        raise ValueError(f"models: unknown {', '.join(unknown)}; available: {', '.join(list_models(None))}")
     machine = machine_fingerprint(device)
     rows = []
     for name in tqdm(models, desc="benchmark", disable=not progress):
