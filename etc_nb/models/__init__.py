@@ -56,7 +56,7 @@ def create_model(name: str, num_classes: int = 19, pretrained=None, classes=None
     """The segmentation network `name` with `num_classes` outputs, randomly initialised, its backbone loaded
     from the local ImageNet checkpoint `pretrained` if given; `kw` go to the constructor. `classes`: the names
     of its classes (index = class id; default `default_classes`), kept as `model.classes` for overlays,
-    legends and per-class tables.
+    legends and per-class tables; `model.task` is `model_task(name)`.
 
     A semantic model maps `(B,3,H,W)` to a dict: `logits` `(B,num_classes,h,w)` at the model's `output_stride`
     (8 for the PSPNets), `feat` (last-block features) and, in training mode, `aux` (models with auxiliary
@@ -67,6 +67,7 @@ def create_model(name: str, num_classes: int = 19, pretrained=None, classes=None
         raise ValueError(f"classes: expected {num_classes} names (num_classes), got {len(classes)}")
     net = getattr(importlib.import_module(module), fn)(num_classes=num_classes, pretrained=pretrained, **kw)
     net.classes = tuple(classes) if classes is not None else default_classes(num_classes)
+    net.task = model_task(name)         # what the tools that load a checkpoint branch on
     return net
 
 # %% ../../nbs/models/00_registry.ipynb #c008
