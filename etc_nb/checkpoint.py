@@ -24,7 +24,8 @@ except ImportError:                             # Windows: no advisory file lock
     fcntl = None
 
 # %% auto #0
-__all__ = ['load_checkpoint', 'load_teacher', 'NonFiniteError', 'save_checkpoint', 'remove_stale_writes', 'run_lock', 'run_busy']
+__all__ = ['load_checkpoint', 'load_teacher', 'load_matching_weights', 'NonFiniteError', 'save_checkpoint', 'remove_stale_writes',
+           'run_lock', 'run_busy']
 
 # %% ../nbs/05d_checkpoint.ipynb #c018
 def load_checkpoint(path, model_name: str | None = None, num_classes: int | None = None):
@@ -57,6 +58,25 @@ def load_teacher(path, num_classes: int) -> nn.Module:
     except ValueError as e:
         raise ValueError(f"teacher: {e}") from e
     return teacher.requires_grad_(False)
+
+# %% ../nbs/05d_checkpoint.ipynb #ninit02
+def load_matching_weights(model: nn.Module, path) -> dict:
+    """Copy into `model` every tensor of the weights file `path` whose name and shape match one of its own (a
+    state dict, or a checkpoint dict holding it under `state_dict` or `model`). Returns `{"loaded": [...],
+    "skipped": [...]}` (names of the file's tensors); a file that matches nothing is a ValueError naming it."""
+    sd = load_torch(path, "weights file", weights_only=False)
+    if isinstance(sd, dict):
+        sd = sd.get("state_dict", sd.get("model", sd))
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a state dict (names → tensors), or a checkpoint holding one under "
+                         "'state_dict' or 'model'")
+    own = model.state_dict()
+    loaded = [k for k, v in sd.items() if k in own and own[k].shape == v.shape]
+    if not loaded:
+        raise ValueError(f"{path}: none of its {len(sd)} tensors matches a weight of {type(model).__name__} by name "
+                         f"and shape (e.g. {next(iter(sd), '-')!r} vs {next(iter(own))!r})")
+    model.load_state_dict({**own, **{k: sd[k] for k in loaded}})
+    return {"loaded": loaded, "skipped": [k for k in sd if k not in set(loaded)]}
 
 # %% ../nbs/05d_checkpoint.ipynb #nfe15b2
 class NonFiniteError(FloatingPointError):

@@ -55,6 +55,7 @@ class TrainConfig:
     num_classes: int = 19               # must equal the dataset's class count when it has a class list
     class_names: tuple[str, ...] | None = None  # names of the classes, index = id (None: the dataset's)
     pretrained: str | None = None       # local torchvision ImageNet checkpoint for the backbone
+    init_weights: str | None = None     # a local weights file whose tensors of matching name and shape start the whole model (e.g. SOLOv2's COCO weights)
     scheme: str = "baseline"            # 'baseline' or a '+'-joined subset of SCHEME_TERMS, e.g. 'tl+pf+mf+pl'
     teacher: str | None = None          # checkpoint written by `train` (same num_classes); needed by pf, mf, sf
     pseudo_root: str | None = None      # pseudo labels in the dataset reader's `pseudo_layout`; needed by pl

@@ -22,7 +22,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import NonFiniteError, load_teacher, remove_stale_writes, run_lock, save_checkpoint
+from .checkpoint import (NonFiniteError, load_matching_weights, load_teacher, remove_stale_writes, run_lock,
+                               save_checkpoint)
 from .config import DISTILL_TERMS, TrainConfig
 from .distributed import barrier, distributed, sync_batchnorm
 from .flow import get_flow_estimator
@@ -100,6 +101,8 @@ class TrainState:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained,
                              **(cfg.model_kw or {})).train()
+        if cfg.init_weights:
+            load_matching_weights(model, cfg.init_weights)
         mf = MFDistill(pool=cfg.mf_pool) if "mf" in cfg.terms else None
         if shard[1] > 1:
             model = sync_batchnorm(model, device)

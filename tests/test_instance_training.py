@@ -67,3 +67,15 @@ def test_model_kw_must_be_a_dict():
     with pytest.raises(ValueError, match="model_kw: expected a dict"):
         TrainConfig(model_kw="num_grids=8")
     assert TrainConfig(model_kw={"num_grids": (8, 6)}) == TrainConfig.from_dict({"model_kw": {"num_grids": [8, 6]}})
+
+
+def test_init_weights_start_the_model_from_another_class_count(root, tmp_path):
+    from etc_nb.models import create_model
+    torch.manual_seed(1)
+    coco = create_model("solov2_light_r18", num_classes=80, num_grids=GRIDS)    # stands in for COCO weights
+    torch.save({"state_dict": coco.state_dict()}, tmp_path / "coco.pth")
+    ckpt = train(_cfg(root, steps=0, init_weights=str(tmp_path / "coco.pth")), tmp_path / "i", progress=False, workers=0)
+    model, _ = load_checkpoint(ckpt)
+    assert torch.equal(model.backbone.conv1.weight, coco.backbone.conv1.weight)
+    assert torch.equal(model.mask_head.conv_kernel.weight, coco.mask_head.conv_kernel.weight)
+    assert model.mask_head.conv_cls.weight.shape[0] == 3                     # the class layer: initialised afresh
