@@ -65,7 +65,7 @@ docs-check: $(STAMP)
 # Refresh the outputs (figures, tables) stored in the notebooks that show them; the docs site renders these.
 OUTPUT_NBS ?= nbs/01_flow.ipynb nbs/02_warp.ipynb nbs/03_losses.ipynb nbs/04_metrics.ipynb nbs/05a_config.ipynb \
 	nbs/05b_objective.ipynb nbs/05c_loader.ipynb nbs/05d_checkpoint.ipynb nbs/06_evaluate.ipynb nbs/07_viz.ipynb nbs/07a_viewer.ipynb \
-	nbs/10_teachers.ipynb nbs/10a_pseudo.ipynb nbs/11_infer.ipynb nbs/11a_autotune.ipynb nbs/11b_quantize.ipynb nbs/12_benchmark.ipynb nbs/14_tc.ipynb nbs/data/00_synthetic.ipynb nbs/models/00_registry.ipynb
+	nbs/05f_instance_objective.ipynb nbs/25_vis.ipynb nbs/data/10_synthetic_vis.ipynb nbs/10_teachers.ipynb nbs/10a_pseudo.ipynb nbs/11_infer.ipynb nbs/11a_autotune.ipynb nbs/11b_quantize.ipynb nbs/12_benchmark.ipynb nbs/14_tc.ipynb nbs/data/00_synthetic.ipynb nbs/models/00_registry.ipynb
 outputs: $(STAMP)
 	$(BIN)/python nbs/_mkdocs/store_outputs.py $(OUTPUT_NBS)
 
