@@ -70,12 +70,12 @@ def instance_mask_probs(out: dict, b: int, masks: torch.Tensor, labels: torch.Te
 
 # %% ../nbs/05f_instance_objective.ipynb #c015
 def instance_temporal_loss(probs_t: torch.Tensor, probs_tk: torch.Tensor, flow: torch.Tensor,
-                           image_t: torch.Tensor | None = None, image_tk: torch.Tensor | None = None,
-                           area: torch.Tensor | None = None) -> torch.Tensor:
+                           image_t: torch.Tensor | None = None, image_tk: torch.Tensor | None = None) -> torch.Tensor:
     """Temporal loss of one image's `N` associated instances (scalar): `probs_t`, `probs_tk` `(N,h,w)` mask
     probabilities in frames t and t+k (any stride: upsampled to the flow's size), `flow` `(2,H,W)` from t to
-    t+k. `image_t`, `image_tk` `(3,H,W)`: when given, the photometric occlusion weight `O`. `area` `(N,)`: each
-    instance's area in pixels at `(H,W)` (None: the frame's), the normaliser of its sum. 0 for `N = 0`."""
+    t+k. `image_t`, `image_tk` `(3,H,W)`: when given, the photometric occlusion weight `O`. Each instance's
+    weighted squared difference is divided by the soft union of its two masks (Σ max, at least 1 pixel); the
+    mean over the instances, 0 for `N = 0`."""
     if probs_t.shape != probs_tk.shape or probs_t.dim() != 3:
         raise ValueError(f"probs_t, probs_tk: expected two (N,h,w) of one shape, got {tuple(probs_t.shape)} "
                          f"and {tuple(probs_tk.shape)}")
@@ -90,8 +90,8 @@ def instance_temporal_loss(probs_t: torch.Tensor, probs_tk: torch.Tensor, flow: 
     if image_t is not None and image_tk is not None:
         weight = weight * photometric_occlusion(image_t[None], warp(image_tk[None], flow[None])[0])
     per = (weight * (p_t - warped[:, 0]).pow(2)).flatten(1).sum(1)
-    area = torch.full((N,), float(H * W), device=per.device) if area is None else area.to(per.dtype).clamp(min=1)
-    return (per / area).mean()
+    union = torch.maximum(p_t, warped[:, 0]).flatten(1).sum(1).clamp(min=1)
+    return (per / union).mean()
 
 # %% ../nbs/05f_instance_objective.ipynb #c020
 INSTANCE_TERMS = frozenset({"tl", "rs"})       # the scheme terms an instance model trains with (Section V: no teacher)
@@ -148,8 +148,7 @@ def instance_training_loss(model, batch: dict, cfg: TrainConfig, terms=None, sha
                 moved = shift_masks(masks, flow)
                 p_tk, ok_tk = instance_mask_probs(out, b * F_ + 1 + j, moved, labels, net)
                 ok = ok_t & ok_tk
-                tl.append(instance_temporal_loss(p_t[ok], p_tk[ok], flow, clip[b, 0], clip[b, 1 + j],
-                                                 masks[ok].flatten(1).sum(1)))
+                tl.append(instance_temporal_loss(p_t[ok], p_tk[ok], flow, clip[b, 0], clip[b, 1 + j]))
         values["tl"] = torch.stack(tl).mean()
         loss = loss + cfg.lam * values["tl"]
         values["tl"] = values["tl"].detach()
