@@ -158,7 +158,8 @@ def run_folder(cfg: TrainConfig, parent) -> Path:
     """Folder of the run trained with `cfg`: `parent/<model>_<scheme>_<10 hex digits of the whole config>`, so
     that tables asking for the same run (the same config, seed and teacher included) share one training."""
     # fields added since run folders were first named are left out at their default, so old configs keep their folders
-    d = {k: v for k, v in asdict(cfg).items() if not (k in ("model_kw", "lr_milestones", "init_weights") and v is None)}
+    added = {"model_kw": None, "lr_milestones": None, "init_weights": None, "warmup_steps": 0}
+    d = {k: v for k, v in asdict(cfg).items() if not (k in added and v == added[k])}
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return Path(parent) / f"{cfg.model}_{cfg.scheme}_{digest}"
 

@@ -66,6 +66,7 @@ class TrainConfig:
     weight_decay: float = 1e-4          # SGD weight decay (L2)
     poly_power: float = 0.9             # exponent of the poly learning-rate schedule
     lr_milestones: tuple[float, ...] | None = None  # a step schedule instead of poly: lr ×0.1 at each of these fractions of `steps`
+    warmup_steps: int = 0               # linear warm-up of the learning rate from 1 % over these first steps (SOLOv2's release: 500)
     aux_weight: float = 0.4             # weight of each auxiliary head's CE
     crop: tuple[int, int] | None = (64, 106)    # training crop HxW in pixels (None: whole frames)
     scale: tuple[float, float] = (0.75, 1.5)    # random rescaling range of the training items
@@ -113,7 +114,7 @@ class TrainConfig:
             raise ValueError(f"neighbours: expected 1 or 2, got {self.neighbours!r}")
         if self.gap < 1:
             raise ValueError(f"gap: expected a frame gap >= 1, got {self.gap!r}")
-        for name, low in (("steps", 0), ("batch_size", 1), ("ckpt_every", 1), ("threads", 1)):
+        for name, low in (("steps", 0), ("batch_size", 1), ("ckpt_every", 1), ("threads", 1), ("warmup_steps", 0)):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
                 raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")

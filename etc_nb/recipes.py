@@ -85,6 +85,7 @@ RECIPES = {
         epochs=12,               # paper V-A: "for 12 epochs"
         lr=0.05,                 # paper V-A: "the initial learning rate is set to 0.05"
         lr_milestones=(8 / 12, 11 / 12),  # paper V-A: "decays with a factor of 10 at epoch 8 and 11"
+        warmup_steps=500,        # SOLOv2's release (mmdetection): linear warm-up over 500 iterations from 1 %
         gap=1,                   # our choice: the temporal loss between neighbouring frames (train_all_frames)
         flow="dis",              # our choice
         scheme="tl",             # paper V-A: the temporal loss only (labels are per frame; no teacher, no RS)
@@ -220,6 +221,7 @@ VIS_BENCHMARK = dict(
     num_classes=2, class_names=("person", "car"),
     crop=(96, 192), scale=(0.8, 1.25),   # whole frames, rescaled a little
     batch_size=4, steps=300, lr=0.02,   # our choices for a CPU run of minutes
+    warmup_steps=50,            # the release warms up (500 of 36 epochs' steps); without it a seed learnt no mask
     # λ of TL: a trained baseline's instance TL is ≈ 0.01 against a mask loss of ≈ 0.7 (3 × Dice), so at λ = 1
     # it would weigh about 1 %; at 10, about 10 %
     lam=10.0,

@@ -45,10 +45,15 @@ def poly_lr(base_lr: float, step: int, steps: int, power: float = 0.9) -> float:
 
 # %% ../nbs/05_train.ipynb #nlr002
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    "The learning rate of step `step` of `cfg`: `poly_lr`, or with `cfg.lr_milestones` `lr × 0.1` per milestone passed."
+    """The learning rate of step `step` of `cfg`: `poly_lr`, or with `cfg.lr_milestones` `lr × 0.1` per milestone
+    passed; over the first `cfg.warmup_steps` steps scaled up linearly from 1 % (mmdetection's linear warm-up)."""
     if cfg.lr_milestones:
-        return cfg.lr * 0.1 ** sum(step >= m * cfg.steps for m in cfg.lr_milestones)
-    return poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
+        lr = cfg.lr * 0.1 ** sum(step >= m * cfg.steps for m in cfg.lr_milestones)
+    else:
+        lr = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
+    if step < cfg.warmup_steps:
+        lr *= 0.01 + 0.99 * step / cfg.warmup_steps
+    return lr
 
 # %% ../nbs/05_train.ipynb #nobj02
 def objective(cfg: TrainConfig):
