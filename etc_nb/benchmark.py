@@ -64,7 +64,8 @@ def _instance_row(name: str, size, device: str, runs: int, warmup: int, num_clas
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     row.update(_latency_stats(times, "eager"))
-    return row | {"auto": "eager", "fps_auto": row["fps_eager"], "speedup_auto": 1.0}
+    # agreement compares backends' argmax maps: no other backend, nothing to agree with
+    return row | {"auto": "eager", "fps_auto": row["fps_eager"], "speedup_auto": 1.0, "agree_auto": float("nan")}
 
 def benchmark_model(name: str, size: tuple[int, int] = (512, 1024), device: str = "cpu", runs: int = 10,
                     warmup: int = 2, num_classes: int | None = None, backends=None, seed: int = 0, checkpoint=None,
