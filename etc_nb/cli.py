@@ -50,7 +50,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     "One option per TrainConfig field (scalars; `--crop HxW`), defaults and help (the field's comment) from TrainConfig."
     docs = field_help()
     for f in fields(TrainConfig):
-        opt, default, doc = "--" + f.name.replace("_", "-"), f.default, docs[f.name]
+        # argparse %-formats help strings: a literal % (e.g. "1 %") must be doubled
+        opt, default, doc = "--" + f.name.replace("_", "-"), f.default, docs[f.name].replace("%", "%%")
         if f.name == "crop":
             p.add_argument(opt, type=parse_size, default=default, help=doc, metavar="HxW")
         elif f.name == "class_names":
