@@ -5,7 +5,6 @@
 # %% ../nbs/25_vis.ipynb #c003
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import replace
@@ -26,10 +25,11 @@ from .io import atomic_write
 from .data.augment import to_image, to_tensor
 from .flow import flow_to_tensor, get_flow_estimator
 from .metrics import mean_tc, pair_confusions, tc_from_confusions, temporal_consistency
-from .models import default_classes, list_models, model_task
-from .segment import VideoOutput, check_video_outputs, open_frames
+from .models import list_models, model_task
+from .segment import VideoOutput, check_video_outputs, model_classes, open_frames
 from .report import markdown_table, summarize
 from .train import train
+from .viz import figure_png
 from .tracking import InstanceTracker, track_video, tracks_to_ytvis, write_ytvis_results
 from .vis_eval import evaluate_ytvis
 
@@ -99,8 +99,9 @@ def evaluate_vis(model, root, split: str = "valid", flow: str = "dis", threshold
         tracks = track_video(outputs, fl, mask_threshold=threshold, **(tracker or {}))
         video = by_name[key[0]]
         pos = _annotated_positions(video, item["names"])
+        index = {t: k for k, t in enumerate(pos)}          # sequence position → annotated-frame index
         for tr in tracks:                    # the tracker numbers every frame; the json lists the annotated ones
-            keep = [(pos.index(t), r, s, l) for t, r, s, l in zip(tr.frames, tr.rles, tr.scores, tr.labels) if t in pos]
+            keep = [(index[t], r, s, l) for t, r, s, l in zip(tr.frames, tr.rles, tr.scores, tr.labels) if t in index]
             tr.frames, tr.rles, tr.scores, tr.labels = (list(v) for v in zip(*keep)) if keep else ([], [], [], [])
         results += tracks_to_ytvis([tr for tr in tracks if tr.frames], video["id"], len(pos), ds.category_ids)
         if flow != "none":
@@ -164,7 +165,7 @@ def segment_instances(source, out, model, flow: str | None = "dis_fast", thresho
     out = check_video_outputs(out, labels_dir)
     frames, count, fps = open_frames(source)
     model = model.eval().to(device)
-    classes = tuple(getattr(model, "classes", None) or default_classes(model.num_classes))
+    classes = model_classes(model)
     estimator = get_flow_estimator(flow) if isinstance(flow, str) else flow
     trk = InstanceTracker(mask_threshold=threshold, **(tracker or {}))
     cms, infer_s, t0, n, prev = [], 0.0, time.perf_counter(), 0, None
@@ -211,10 +212,8 @@ def _plot_vis(df: pd.DataFrame, path) -> None:
         ax.set_title(f"{col} (%)"), ax.set_xlabel("scheme")
     fig.suptitle(f"{df['model'].iloc[0]}: mean ± std over seeds (dots: seeds)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    atomic_write(path, figure_png(fig, colors=None, dpi=110))
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 def vis_table(base: TrainConfig, out, schemes=("baseline", "tl"), seeds: int = 3, eval_root=None,
               eval_split: str = "valid", flow: str = "dis", device=None, progress: bool = True,
